@@ -1,0 +1,44 @@
+"""Shared fixtures: compose the real config (as the CLI does) with outputs under tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from tidal_lightning import resolvers
+from tidal_lightning.__main__ import config_dir
+
+CONF_DIR = Path(config_dir())
+STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+resolvers.register()
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python -m tidal_lightning <overrides>` would run, writing to `output_dir`."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def smoke_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """`smoke_config("strategy=entropy", run="a")` -> the smoke experiment writing to tmp_path/a."""
+
+    def make(*overrides: str, run: str = "run") -> DictConfig:
+        return compose_config(["+experiment=smoke", *overrides], tmp_path / run)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")

@@ -1,0 +1,183 @@
+"""Whole AL runs on the smoke experiment: every strategy, determinism, errors, run-folder files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tests.conftest import EXPERIMENTS, STRATEGIES, compose_config
+from tests.integration.test_readers import no_md5  # noqa: F401  (fixture)
+from tests.standins import write_cifar
+from tidal_lightning.al.loop import run
+from tidal_lightning.errors import ConfigError, RunFolderError
+
+pytestmark = pytest.mark.slow
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_runs_the_smoke_experiment(
+    smoke_config: Callable[..., DictConfig], strategy: str
+) -> None:
+    cfg = smoke_config(f"strategy={strategy}")
+    rows = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    results = read_csv(out / "results.csv")
+    assert (
+        [int(r["num_labeled"]) for r in results] == [24, 40, 56] == [r["num_labeled"] for r in rows]
+    )
+    assert list(results[0])[:3] == ["cycle", "num_labeled", "test_acc"]
+    queries = read_csv(out / "queries.csv")
+    indices = [int(q["index"]) for q in queries]
+    assert len(indices) == len(set(indices)) == 56  # nothing labeled twice
+    assert [sum(q["cycle"] == str(c) for q in queries) for c in range(3)] == [24, 16, 16]
+    labeled_counts = [int(results[-1][f"labeled_class_{c}"]) for c in range(4)]
+    data = instantiate(cfg.dataset)
+    data.load()
+    assert labeled_counts == torch.bincount(data.train_targets[indices], minlength=4).tolist()
+    assert all(int(q["label"]) == int(data.train_targets[int(q["index"])]) for q in queries)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["final_test_acc"] == float(
+        results[-1]["test_acc"]
+    )
+
+
+def test_same_seed_same_queries_other_seed_other_queries(
+    smoke_config: Callable[..., DictConfig],
+) -> None:
+    outputs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        cfg = smoke_config("strategy=tidal_margin", f"seed={seed}", run=name)
+        run(cfg)
+        outputs[name] = (Path(cfg.paths.output_dir) / "queries.csv").read_text()
+    assert outputs["a"] == outputs["b"]
+    assert outputs["a"] != outputs["c"]
+
+
+def test_queries_come_from_the_strategy(smoke_config: Callable[..., DictConfig]) -> None:
+    """Entropy and random pick different samples from the same trained model and subset."""
+    picked = {}
+    for strategy in ("entropy", "random"):
+        cfg = smoke_config(f"strategy={strategy}", "al.cycles=2", run=strategy)
+        run(cfg)
+        queries = read_csv(Path(cfg.paths.output_dir) / "queries.csv")
+        picked[strategy] = {q["index"] for q in queries if q["cycle"] == "1"}
+    assert picked["entropy"] != picked["random"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("al.budget=0", "al.budget=0"),
+        ("al.cycles=0", "al.cycles=0"),
+        ("al.pool_subset=10", "al.pool_subset=10 is smaller than al.budget=16"),
+        ("dataset.imbalance_ratio=0.5", "dataset.imbalance_ratio=0.5"),
+        ("al.initial=100000", "al.initial=100000 is larger than the training pool"),
+        ("al.initial_mode=stratified", "al.initial_mode='stratified'"),
+    ],
+)
+def test_bad_config_fails_early_and_writes_nothing(
+    smoke_config: Callable[..., DictConfig], override: str, message: str
+) -> None:
+    cfg = smoke_config(override)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_existing_results_are_never_overwritten(smoke_config: Callable[..., DictConfig]) -> None:
+    cfg = smoke_config("al.cycles=1")
+    run(cfg)
+    before = {p.name: p.read_bytes() for p in Path(cfg.paths.output_dir).iterdir() if p.is_file()}
+    with pytest.raises(RunFolderError, match="already holds"):
+        run(smoke_config("al.cycles=1", "seed=9"))
+    after = {p.name: p.read_bytes() for p in Path(cfg.paths.output_dir).iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_pool_running_out_stops_with_the_rows_so_far(
+    smoke_config: Callable[..., DictConfig],
+) -> None:
+    # 240 training samples: 24 + 16 * k labeled; 14 trainings would need 232 + 16 > 240
+    rows = run(smoke_config("al.cycles=20", "trainer.max_epochs=1", "strategy=random"))
+    assert [r["num_labeled"] for r in rows][-1] == 24 + 16 * 13
+    assert len(rows) == 14
+
+
+def test_warm_start_and_class_balanced_initial(smoke_config: Callable[..., DictConfig]) -> None:
+    cfg = smoke_config("al.warm_start=true", "al.initial_mode=class_balanced", "al.cycles=2")
+    run(cfg)
+    first = read_csv(Path(cfg.paths.output_dir) / "results.csv")[0]
+    assert [int(first[f"labeled_class_{c}"]) for c in range(4)] == [6, 6, 6, 6]
+
+
+def test_long_tailed_cifar10_standin_end_to_end(tmp_path: Path, no_md5: None) -> None:  # noqa: F811
+    write_cifar(tmp_path / "data", per_class=10)
+    cfg = compose_config(
+        [
+            "dataset=cifar10",
+            f"dataset.root={tmp_path / 'data'}",
+            "dataset.download=false",
+            "dataset.imbalance_ratio=10",
+            "logger=none",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "al.initial=10",
+            "al.budget=5",
+            "al.cycles=2",
+            "al.pool_subset=20",
+            "model.backbone.width=4",
+        ],
+        tmp_path / "run",
+    )
+    run(cfg)
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    # int(10 * 10 ** (-c / 9)), c = 0..9
+    assert summary["train_pool_class_counts"] == [10, 7, 5, 4, 3, 2, 2, 1, 1, 1]
+    assert summary["test_size"] == 20 and summary["num_classes"] == 10
+    assert summary["dataset"] == "CIFAR-10" and summary["git_commit"]
+    assert "torch" in summary["package_versions"]
+    queried = [int(q["index"]) for q in read_csv(tmp_path / "run" / "queries.csv")]
+    assert len(queried) == 15
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb"])
+def test_loggers_record_the_per_cycle_accuracy(
+    smoke_config: Callable[..., DictConfig], logger: str
+) -> None:
+    cfg = smoke_config(f"logger={logger}", "al.cycles=2")
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    if logger == "csv":
+        logged = read_csv(out / "csv" / "metrics.csv")
+        accs = [r["al/test_acc"] for r in logged if r.get("al/test_acc")]
+        assert len(accs) == 2
+    else:
+        runs = list((out / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(tmp_path: Path, experiment: str) -> None:
+    cfg = compose_config([f"+experiment={experiment}"], tmp_path)
+    from tidal_lightning.config_checks import validate_config
+
+    validate_config(cfg)
+    data = instantiate(cfg.dataset)
+    backbone = instantiate(cfg.model.backbone, num_classes=10, in_channels=3)
+    logits, features = backbone(torch.zeros(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and len(features) == 4
+    assert data.batch_size > 0

@@ -1,0 +1,84 @@
+"""The datamodules read the real on-disk formats (through torchvision's readers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from tests.standins import write_cifar, write_fashion_mnist_gz, write_svhn
+from tidal_lightning.data.datamodules import CIFAR10, CIFAR100, SVHN, FashionMNIST
+from tidal_lightning.errors import DataNotFoundError
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture
+def no_md5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-ins cannot match the real archives' md5 sums; every other step runs as shipped."""
+
+    def exists(fpath: str, md5: str | None = None) -> bool:
+        return os.path.isfile(fpath)
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
+    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", exists)
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_pickles(tmp_path: Path, no_md5: None, hundred: bool) -> None:
+    written = write_cifar(tmp_path, hundred=hundred)
+    data = (CIFAR100 if hundred else CIFAR10)(root=str(tmp_path), download=False)
+    data.load()
+    assert data.train_images.dtype == torch.uint8
+    assert torch.equal(data.train_images, torch.from_numpy(written["train_x"]))
+    assert data.train_targets.tolist() == written["train_y"].tolist()
+    assert torch.equal(data.test_images, torch.from_numpy(written["test_x"]))
+    assert data.classes == written["classes"] and data.in_channels == 3
+
+
+def test_fashion_mnist_from_the_debian_layout(tmp_path: Path) -> None:
+    written = write_fashion_mnist_gz(tmp_path / "system")
+    data = FashionMNIST(
+        root=str(tmp_path / "root"), download=False, system_dir=str(tmp_path / "system")
+    )
+    data.load()
+    images, labels = written["train"]
+    assert data.train_images.shape == (30, 1, 28, 28)
+    assert torch.equal(data.train_images[:, 0], torch.from_numpy(images))
+    assert data.train_targets.tolist() == labels.tolist()
+    assert data.test_images.shape == (10, 1, 28, 28) and data.num_classes == 10
+    assert sorted(p.name for p in (tmp_path / "root/FashionMNIST/raw").iterdir()) == sorted(
+        FashionMNIST.files
+    )
+
+
+def test_svhn_mat_files(tmp_path: Path, no_md5: None) -> None:
+    written = write_svhn(tmp_path)
+    data = SVHN(root=str(tmp_path), download=False)
+    data.load()
+    x, y = written["train"]
+    assert torch.equal(data.train_images, torch.from_numpy(np.transpose(x, (3, 2, 0, 1)).copy()))
+    assert data.train_targets.tolist() == [
+        d % 10 for d in y.flatten().tolist()
+    ]  # label 10 -> digit 0
+    assert not data.flip
+
+
+@pytest.mark.parametrize("make", [CIFAR10, CIFAR100, SVHN, FashionMNIST])
+def test_missing_files_offline_name_the_path(tmp_path: Path, make: type) -> None:
+    data = make(root=str(tmp_path / "empty"), download=False)
+    with pytest.raises(DataNotFoundError, match=str(tmp_path / "empty")):
+        data.load()
+
+
+@pytest.mark.skipif(not DEBIAN_FMNIST.exists(), reason="needs `make data` (dataset-fashion-mnist)")
+def test_real_fashion_mnist(tmp_path: Path) -> None:
+    data = FashionMNIST(root=str(tmp_path), download=False, system_dir=str(DEBIAN_FMNIST))
+    data.load()
+    assert data.train_images.shape == (60000, 1, 28, 28) and len(data.test_targets) == 10000
+    assert torch.bincount(data.train_targets).tolist() == [6000] * 10
+    assert data.classes[0] == "T-shirt/top"

@@ -1,0 +1,1 @@
+"""The active-learning orchestrator and the labeled/pool bookkeeping."""

@@ -1,0 +1,1 @@
+"""Callbacks that record training dynamics on the accelerator."""

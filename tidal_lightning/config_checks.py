@@ -1,0 +1,59 @@
+"""Validation of the composed config, once, before any data is read or anything written."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from tidal_lightning.errors import ConfigError
+
+INITIAL_MODES = ("random", "class_balanced")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raises `ConfigError` listing every bad key, its value and what is allowed."""
+    al = cfg.al
+    problems = []
+    for key, minimum in (("initial", 1), ("budget", 1), ("cycles", 1), ("pool_subset", 1)):
+        value = al.get(key)
+        if not _is_int(value) or value < minimum:
+            problems.append(f"al.{key}={value!r}: must be an integer >= {minimum}")
+    budget, subset = al.get("budget"), al.get("pool_subset")
+    if _is_int(budget) and _is_int(subset) and 0 < subset < budget:
+        problems.append(
+            f"al.pool_subset={subset} is smaller than al.budget={budget}: the scored subset must "
+            "hold at least one budget of samples; raise al.pool_subset or lower al.budget"
+        )
+    if al.get("initial_mode") not in INITIAL_MODES:
+        problems.append(
+            f"al.initial_mode={al.get('initial_mode')!r}: must be one of {INITIAL_MODES}"
+        )
+    if not isinstance(al.get("warm_start"), bool):
+        problems.append(f"al.warm_start={al.get('warm_start')!r}: must be true or false")
+    ratio = cfg.dataset.get("imbalance_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or ratio < 1:
+        problems.append(
+            f"dataset.imbalance_ratio={ratio!r}: must be a number >= 1 "
+            "(n_max / n_min; 1 = balanced)"
+        )
+    if not _is_int(cfg.get("seed")):
+        problems.append(f"seed={cfg.get('seed')!r}: must be an integer")
+    td_weight = cfg.model.get("td_weight")
+    if isinstance(td_weight, bool) or not isinstance(td_weight, int | float) or td_weight < 0:
+        problems.append(f"model.td_weight={td_weight!r}: must be a number >= 0")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def validate_pool_sizes(cfg: DictConfig, pool_size: int) -> None:
+    """Checks that need the dataset: the initial set must fit in the training pool."""
+    if cfg.al.initial > pool_size:
+        raise ConfigError(
+            f"al.initial={cfg.al.initial} is larger than the training pool ({pool_size} samples "
+            "after long-tail subsampling with "
+            f"dataset.imbalance_ratio={cfg.dataset.imbalance_ratio}); "
+            "lower al.initial"
+        )

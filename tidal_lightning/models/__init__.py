@@ -1,0 +1,1 @@
+"""Backbones returning (logits, stage feature maps), the TD module, and the LightningModule."""

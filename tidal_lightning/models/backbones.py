@@ -1,0 +1,111 @@
+"""Classifier backbones. Each returns `(logits [B, C], [four stage maps])`.
+
+The stage maps feed the TD module (and, later, loss-prediction modules), and
+`stage_channels` tells those modules how wide each map is, so any backbone with this
+interface works with them.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Backbone(nn.Module):
+    """Interface: `forward(x [B, C_in, H, W]) -> (logits [B, K], [4 maps [B, C_s, H_s, W_s]])`."""
+
+    stage_channels: tuple[int, ...]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(Backbone):
+    """CIFAR-style ResNet-18: 3x3 stride-1 stem, no max-pool, BasicBlocks [2, 2, 2, 2].
+
+    Args:
+        num_classes: K.
+        in_channels: 1 (Fashion-MNIST) or 3.
+    """
+
+    stage_channels = (64, 128, 256, 512)
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        stages = []
+        in_planes = 64
+        for planes, stride in zip(self.stage_channels, (1, 2, 2, 2), strict=True):
+            stages.append(
+                nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes))
+            )
+            in_planes = planes
+        self.stages = nn.ModuleList(stages)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        out = F.relu(self.bn1(self.conv1(x)))
+        features = []
+        for stage in self.stages:
+            out = stage(out)
+            features.append(out)
+        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(pooled), features
+
+
+class SmallCNN(Backbone):
+    """Four conv-BN-ReLU stages (the last three first halve the resolution) for CPU runs.
+
+    Args:
+        num_classes: K.
+        in_channels: 1 or 3.
+        width: channels of the first stage; each later stage doubles it.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
+        super().__init__()
+        self.stage_channels = tuple(width * 2**s for s in range(4))
+        stages = []
+        in_planes = in_channels
+        for s, planes in enumerate(self.stage_channels):
+            # Pooling before the conv (not after) runs each later conv at a quarter of the cost.
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if s > 0 else []
+            layers += [
+                nn.Conv2d(in_planes, planes, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(planes),
+                nn.ReLU(inplace=True),
+            ]
+            stages.append(nn.Sequential(*layers))
+            in_planes = planes
+        self.stages = nn.ModuleList(stages)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(pooled), features

@@ -1,0 +1,1 @@
+"""Query strategies. One interface: score the pool, higher = query first."""
