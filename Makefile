@@ -27,7 +27,7 @@ data: ## install real Fashion-MNIST offline (Debian package dataset-fashion-mnis
 	@ls $(FMNIST_DEB_DIR)/*-ubyte.gz
 
 demo: install data ## TiDAL-M on real Fashion-MNIST, CPU-sized (about 3 minutes), prints the per-cycle table
-	$(PY) -m tidal_lightning +experiment=fashion_mnist_cpu trainer.enable_progress_bar=false
+	$(PY) -m tidal_lightning +experiment=fashion_mnist_cpu
 
 test: install ## the full test suite (what CI runs)
 	$(PY) -m pytest -q

@@ -38,10 +38,14 @@ def test_bad_value_exits_non_zero_with_a_message_and_no_traceback(tmp_path: Path
     assert not (tmp_path / "run" / "results.csv").exists()
 
 
-def test_unknown_strategy_lists_the_choices(tmp_path: Path) -> None:
-    done = cli("+experiment=smoke", "strategy=nope", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("group", "a_choice"),
+    [("strategy", "tidal_margin"), ("dataset", "cifar100"), ("model", "resnet18")],
+)
+def test_unknown_choice_lists_the_choices(tmp_path: Path, group: str, a_choice: str) -> None:
+    done = cli(f"{group}=nope", cwd=tmp_path)
     assert done.returncode != 0
-    assert "Could not find 'strategy/nope'" in done.stderr and "tidal_margin" in done.stderr
+    assert f"Could not find '{group}/nope'" in done.stderr and a_choice in done.stderr
 
 
 def test_missing_data_offline_names_the_path_and_the_fix(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,8 +167,30 @@ def test_loggers_record_the_per_cycle_accuracy(
         accs = [r["al/test_acc"] for r in logged if r.get("al/test_acc")]
         assert len(accs) == 2
     else:
-        runs = list((out / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+        (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
+        logged = wandb_items(run_file.read_bytes())
+        results = read_csv(out / "results.csv")
+        assert {round(v, 6) for v in logged["al/test_acc"]} == {
+            float(r["test_acc"]) for r in results
+        }
+        assert set(logged["al/num_labeled"]) == {24, 40}
+
+
+def wandb_items(blob: bytes) -> dict[str, list[float]]:
+    """`al/*` values in an offline `.wandb` file, read from the protobuf wire format.
+
+    Each logged item is an `Item` message: field 2 (`key`, tag 0x12) then field 16
+    (`value_json`, tag 0x82 0x01), each a length-prefixed string; W&B's own reader for
+    these files is not part of its Python package.
+    """
+    items: dict[str, list[float]] = {}
+    for match in re.finditer(rb"\x12(.)(al/[a-z_]+)\x82\x01(.)", blob, flags=re.DOTALL):
+        if match.group(1)[0] != len(match.group(2)):
+            continue
+        start = match.end()
+        value = blob[start : start + match.group(3)[0]]
+        items.setdefault(match.group(2).decode(), []).append(float(value))
+    return items
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -57,6 +57,14 @@ def build_system(
     return system, [tracker] if tracker is not None else []
 
 
+def _plot_al_metrics_against_labels(logger: Any) -> None:
+    """Makes W&B chart `al/*` against `al/num_labeled` (Lightning's loggers otherwise use steps)."""
+    define_metric = getattr(getattr(logger, "experiment", None), "define_metric", None)
+    if callable(define_metric):
+        define_metric("al/num_labeled")
+        define_metric("al/*", step_metric="al/num_labeled")
+
+
 def _log_cycle(logger: Any, metrics: dict[str, float]) -> None:
     if logger is not None:
         logger.log_metrics(metrics)
@@ -132,6 +140,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     records.write_summary(summary)
 
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    _plot_al_metrics_against_labels(logger)
     previous_state: dict[str, torch.Tensor] | None = None
     for cycle in range(cfg.al.cycles):
         pl.seed_everything(derive_seed(seed, cycle, "model"), workers=True, verbose=False)
@@ -207,6 +216,11 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     records.write_summary(summary)
     if logger is not None:
         logger.finalize("success")
+        # Lightning leaves W&B runs open until interpreter exit; close it so the run's files
+        # (summary included) are complete when `run` returns, e.g. between sweep jobs.
+        finish = getattr(getattr(logger, "experiment", None), "finish", None)
+        if callable(finish):
+            finish()
     log.info("results in %s\n%s", run_dir, _format_table(records.results))
     return records.results
 
