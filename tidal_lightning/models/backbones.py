@@ -12,17 +12,28 @@ from torch import Tensor, nn
 
 
 class Backbone(nn.Module):
-    """Interface: `forward(x [B, C_in, H, W]) -> (logits [B, K], [4 maps [B, C_s, H_s, W_s]])`."""
+    """Interface: `forward(x [B, C_in, H, W]) -> (logits [B, K], [4 maps [B, C_s, H_s, W_s]])`.
+
+    Subclasses build `stem`, the four `stages` and the `linear` classifier; the forward
+    pass (stem, stages, global average pooling, classifier) is shared.
+    """
 
     stage_channels: tuple[int, ...]
+    stem: nn.Module
+    stages: nn.ModuleList
+    linear: nn.Linear
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:  # pragma: no cover
-        raise NotImplementedError
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        out = self.stem(x)
+        features = []
+        for stage in self.stages:
+            out = stage(out)
+            features.append(out)
+        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(pooled), features
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -53,8 +64,9 @@ class ResNet18(Backbone):
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
         stages = []
         in_planes = 64
         for planes, stride in zip(self.stage_channels, (1, 2, 2, 2), strict=True):
@@ -64,15 +76,6 @@ class ResNet18(Backbone):
             in_planes = planes
         self.stages = nn.ModuleList(stages)
         self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        out = F.relu(self.bn1(self.conv1(x)))
-        features = []
-        for stage in self.stages:
-            out = stage(out)
-            features.append(out)
-        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(pooled), features
 
 
 class SmallCNN(Backbone):
@@ -87,6 +90,7 @@ class SmallCNN(Backbone):
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
         super().__init__()
         self.stage_channels = tuple(width * 2**s for s in range(4))
+        self.stem = nn.Identity()
         stages = []
         in_planes = in_channels
         for s, planes in enumerate(self.stage_channels):
@@ -101,11 +105,3 @@ class SmallCNN(Backbone):
             in_planes = planes
         self.stages = nn.ModuleList(stages)
         self.linear = nn.Linear(in_planes, num_classes)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.linear(pooled), features

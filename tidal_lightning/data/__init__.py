@@ -1,0 +1,1 @@
+"""Dataset readers, the labeled-subset loader and long-tail subsampling."""
