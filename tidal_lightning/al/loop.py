@@ -81,6 +81,56 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _initial_summary(
+    cfg: DictConfig,
+    datamodule: ImageClassificationData,
+    strategy: Strategy,
+    pool_indices: torch.Tensor,
+) -> dict[str, Any]:
+    """run_summary.json before the first cycle; the loop updates progress and accuracy."""
+    pool_targets = datamodule.train_targets[pool_indices]
+    return {
+        "status": "running",
+        "dataset": datamodule.dataset_name,
+        "num_classes": datamodule.num_classes,
+        "classes": datamodule.classes,
+        "imbalance_ratio": datamodule.imbalance_ratio,
+        "train_split_size": len(datamodule.train_targets),
+        "train_pool_class_counts": torch.bincount(
+            pool_targets, minlength=datamodule.num_classes
+        ).tolist(),
+        "test_size": len(datamodule.test_targets),
+        "strategy": type(strategy).__name__,
+        "seed": int(cfg.seed),
+        "cycles_completed": 0,
+        "final_test_acc": None,
+        "git_commit": git_commit(),
+        "package_versions": package_versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _result_row(
+    cycle: int,
+    labeled: torch.Tensor,
+    targets: torch.Tensor,
+    test_acc: float,
+    per_class: torch.Tensor,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """One results.csv row; `query_seconds` is filled in once the query has run."""
+    counts = torch.bincount(targets[labeled], minlength=len(per_class))
+    return {
+        "cycle": cycle,
+        "num_labeled": len(labeled),
+        "test_acc": round(test_acc, 6),
+        **{f"acc_class_{c}": round(a, 6) for c, a in enumerate(per_class.tolist())},
+        "train_seconds": round(train_seconds, 3),
+        "query_seconds": "",
+        **{f"labeled_class_{c}": int(n) for c, n in enumerate(counts.tolist())},
+    }
+
+
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Runs `cfg.al.cycles` AL cycles and returns the per-cycle result rows.
 
@@ -118,25 +168,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     )
     pool.label(initial)
     records.add_queries(0, initial, targets[initial])
-    summary: dict[str, Any] = {
-        "status": "running",
-        "dataset": datamodule.dataset_name,
-        "num_classes": num_classes,
-        "classes": datamodule.classes,
-        "imbalance_ratio": datamodule.imbalance_ratio,
-        "train_split_size": len(targets),
-        "train_pool_class_counts": torch.bincount(
-            targets[pool_indices], minlength=num_classes
-        ).tolist(),
-        "test_size": len(datamodule.test_targets),
-        "strategy": type(strategy).__name__,
-        "seed": seed,
-        "cycles_completed": 0,
-        "final_test_acc": None,
-        "git_commit": git_commit(),
-        "package_versions": package_versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    summary = _initial_summary(cfg, datamodule, strategy, pool_indices)
     records.write_summary(summary)
 
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
@@ -165,18 +197,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             previous_state = {k: v.detach().clone() for k, v in system.state_dict().items()}
 
         labeled = pool.labeled_indices
-        row: dict[str, Any] = {
-            "cycle": cycle,
-            "num_labeled": len(labeled),
-            "test_acc": round(test_acc, 6),
-            **{f"acc_class_{c}": round(float(a), 6) for c, a in enumerate(per_class.tolist())},
-            "train_seconds": round(train_seconds, 3),
-            "query_seconds": "",
-            **{
-                f"labeled_class_{c}": int(n)
-                for c, n in enumerate(torch.bincount(targets[labeled], minlength=num_classes))
-            },
-        }
+        row = _result_row(cycle, labeled, targets, test_acc, per_class, train_seconds)
         stop_reason = None
         if cycle + 1 < cfg.al.cycles:
             if pool.num_unlabeled < cfg.al.budget:

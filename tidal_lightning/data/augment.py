@@ -7,9 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_crop_flip(
-    images: Tensor, pad: int, flip: bool, generator: torch.Generator
-) -> Tensor:
+def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Per-sample random crop after zero padding, and random horizontal flip.
 
     Same distribution as torchvision's `RandomCrop(size, padding=pad)` followed by

@@ -49,9 +49,7 @@ class ImageClassificationData(pl.LightningDataModule):
     dataset_name: ClassVar[str]
     mean: ClassVar[tuple[float, ...]]
     std: ClassVar[tuple[float, ...]]
-    how_to_get: ClassVar[str] = (
-        "download it with dataset.download=true on a machine with a network"
-    )
+    how_to_get: ClassVar[str] = "download it with dataset.download=true on a machine with a network"
 
     def __init__(
         self,
@@ -145,9 +143,7 @@ class ImageClassificationData(pl.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatchLoader:
         every = torch.arange(len(self.test_targets))
-        return TensorBatchLoader(
-            self.test_images, self.test_targets, every, self.eval_batch_size
-        )
+        return TensorBatchLoader(self.test_images, self.test_targets, every, self.eval_batch_size)
 
     # ------------------------------------------------------- device-side work
     def normalize(self, images: Tensor) -> Tensor:

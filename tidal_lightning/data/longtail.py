@@ -16,9 +16,7 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> li
         raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
     if num_classes == 1:
         return [n_max]
-    return [
-        int(n_max * imbalance_ratio ** (-c / (num_classes - 1))) for c in range(num_classes)
-    ]
+    return [int(n_max * imbalance_ratio ** (-c / (num_classes - 1))) for c in range(num_classes)]
 
 
 def long_tail_indices(
