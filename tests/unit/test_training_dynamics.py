@@ -1,5 +1,6 @@
 """TiDAL's running-mean target and the tracker that feeds it."""
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -55,7 +56,20 @@ def _system(td_weight: float) -> tuple[ActiveLearningSystem, TrainingDynamicsTra
     return system, tracker
 
 
-def test_every_labeled_sample_is_counted_once_per_epoch() -> None:
+ACCELERATORS = [
+    "cpu",
+    pytest.param(
+        "gpu",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_every_labeled_sample_is_counted_once_per_epoch(accelerator: str) -> None:
     system, tracker = _system(1.0)
     images = torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8)
     targets = torch.randint(0, 3, (20,))
@@ -73,7 +87,7 @@ def test_every_labeled_sample_is_counted_once_per_epoch() -> None:
 
     trainer = pl.Trainer(
         max_epochs=3,
-        accelerator="cpu",
+        accelerator=accelerator,
         logger=False,
         callbacks=[tracker],
         enable_progress_bar=False,
@@ -86,7 +100,10 @@ def test_every_labeled_sample_is_counted_once_per_epoch() -> None:
     assert counts.sum() == 3 * len(labeled)
     # each recorded epoch adds one probability vector per sample
     torch.testing.assert_close(tracker.prob_sums[labeled].sum(dim=1), torch.full((7,), 3.0))
-    assert tracker.prob_sums.device == system.device
+    # the buffers live where the module trained (Lightning moves the module back to the CPU
+    # after fit; the tracker's buffers stay on the accelerator)
+    trained_on = "cuda" if accelerator == "gpu" else "cpu"
+    assert tracker.prob_sums.device.type == tracker.epoch_counts.device.type == trained_on
 
 
 def test_td_loss_gradient_reaches_the_backbone() -> None:
