@@ -89,3 +89,15 @@ def test_flip_mirrors_about_half_and_no_op_settings_are_identity() -> None:
     assert bool((mirrored ^ kept).all()) and 70 < int(mirrored.sum()) < 130
     same = random_crop_flip(image, pad=0, flip=False, generator=torch.Generator())
     assert torch.equal(same, image)
+
+
+def test_normalize_standardises_each_channel_by_hand() -> None:
+    from tidal_lightning.data.datamodules import CIFAR10
+
+    data = CIFAR10(root="unused")
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).repeat(2, 1, 2, 2)
+    out = data.normalize(images)
+    # (x / 255 - mean_c) / std_c:
+    # (0 - 0.4914) / 0.2470, (1 - 0.4822) / 0.2435, (0.2 - 0.4465) / 0.2616
+    expected = torch.tensor([-1.989474, 2.126489, -0.942278]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

@@ -47,8 +47,8 @@ class ImageClassificationData(pl.LightningDataModule):
     """
 
     dataset_name: ClassVar[str]
-    mean: ClassVar[tuple[float, ...]]
-    std: ClassVar[tuple[float, ...]]
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
     how_to_get: ClassVar[str] = "download it with dataset.download=true on a machine with a network"
 
     def __init__(
@@ -76,6 +76,7 @@ class ImageClassificationData(pl.LightningDataModule):
         self._seed = 0
         self._cycle = 0
         self._augment_generator: torch.Generator | None = None
+        self._normalizers: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------- reading
     @abstractmethod
@@ -148,9 +149,15 @@ class ImageClassificationData(pl.LightningDataModule):
     # ------------------------------------------------------- device-side work
     def normalize(self, images: Tensor) -> Tensor:
         """`[B, C, H, W]` uint8 -> float32, scaled to [0, 1] and standardised per channel."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        # Built once per device: a fresh torch.tensor(..., device=cuda) per batch would be a
+        # host-to-device copy on the training hot path.
+        if images.device not in self._normalizers:
+            self._normalizers[images.device] = (
+                torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0,
+                torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0,
+            )
+        mean, std = self._normalizers[images.device]
+        return (images.float() - mean) / std
 
     def augment(self, images: Tensor) -> Tensor:
         """Training augmentation of a `[B, C, H, W]` batch on its own device."""
@@ -291,8 +298,6 @@ class SyntheticImages(ImageClassificationData):
     """
 
     dataset_name = "synthetic"
-    mean = (0.5, 0.5, 0.5)
-    std = (0.25, 0.25, 0.25)
 
     def __init__(
         self,
@@ -309,11 +314,8 @@ class SyntheticImages(ImageClassificationData):
         self.spec = (num_classes, train_per_class, test_per_class, image_size, channels)
         self.noise = noise
         self.data_seed = data_seed
-
-    def normalize(self, images: Tensor) -> Tensor:
-        channels = images.shape[1]
-        mean = torch.full((1, channels, 1, 1), self.mean[0], device=images.device)
-        return (images.float() / 255.0 - mean) / self.std[0]
+        self.mean = (0.5,) * channels
+        self.std = (0.25,) * channels
 
     def _read(self, train: bool) -> tuple[Tensor, Tensor, list[str]]:
         num_classes, train_per_class, test_per_class, size, channels = self.spec
