@@ -61,19 +61,30 @@ def test_missing_data_offline_names_the_path_and_the_fix(tmp_path: Path) -> None
     assert "dataset.download=true" in done.stderr
 
 
-def test_multirun_sweep_over_strategies(tmp_path: Path) -> None:
+ALL_STRATEGIES = (
+    "random,entropy,margin,least_confidence,tidal_entropy,tidal_margin,"
+    "dispersion,bald,coreset,lloss,badge,cal,td_entropy_oracle,td_margin_oracle"
+)
+
+
+def test_multirun_sweep_over_every_strategy(tmp_path: Path) -> None:
     done = cli(
         "+experiment=smoke",
         "-m",
-        "strategy=random,tidal_entropy",
+        f"strategy={ALL_STRATEGIES}",
         "al.cycles=2",
+        "trainer.max_epochs=2",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for job in ("0", "1"):
-        with open(tmp_path / "sweep" / job / "results.csv") as handle:
+    names = ALL_STRATEGIES.split(",")
+    for job, name in enumerate(names):
+        with open(tmp_path / "sweep" / str(job) / "results.csv") as handle:
             assert len(list(csv.DictReader(handle))) == 2
+        summary = (tmp_path / "sweep" / str(job) / "run_summary.json").read_text()
+        assert f'"strategy_name": "{name}"' in summary
+    assert not (tmp_path / "sweep" / str(len(names))).exists()
     assert "cycle  labeled" in done.stdout + done.stderr  # the per-cycle table
 
 

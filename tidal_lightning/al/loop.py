@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from tidal_lightning.al.pool import LabelPool, draw_initial
 from tidal_lightning.al.records import RunRecords, git_commit, package_versions
-from tidal_lightning.al.scoring import pool_pass
+from tidal_lightning.al.scoring import (
+    imbalance_ratio,
+    pool_pass,
+    query_diagnostics,
+    td_agreement,
+)
+from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.data.longtail import long_tail_indices
+from tidal_lightning.errors import ConfigError
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.seeding import derive_seed, make_generator
 from tidal_lightning.strategies.base import Strategy
@@ -26,24 +34,57 @@ from tidal_lightning.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 
-def build_system(
-    cfg: DictConfig, datamodule: ImageClassificationData, strategy: Strategy
-) -> tuple[ActiveLearningSystem, list[pl.Callback]]:
-    """A freshly initialised system for one cycle, plus the callbacks it depends on.
+# results.csv columns a query fills in; blank in a cycle without one
+QUERY_COLUMNS = (
+    "query_seconds",
+    "query_peak_mem_mb",
+    "query_distinct_classes",
+    "record_seconds",
+    "record_overhead",
+    "td_pool_kl",
+    "td_pool_spearman",
+)
 
-    The TD module (and the tracker that feeds it) is built only for strategies that
-    read its output, so baselines train exactly the plain classifier.
+
+def build_system(
+    cfg: DictConfig,
+    datamodule: ImageClassificationData,
+    strategy: Strategy,
+    pool_subset: torch.Tensor | None = None,
+) -> tuple[ActiveLearningSystem, list[pl.Callback], PoolDynamicsRecorder | None]:
+    """A freshly initialised system for one cycle, the callbacks it depends on, and the recorder.
+
+    The TD module (and the tracker that feeds it) is built only for strategies that read
+    its output, other heads only when the strategy asks for them (`system_options`), and
+    the per-epoch pool recorder only when the strategy reads what it records and a query
+    follows (`pool_subset` given), so baselines train exactly the plain classifier.
+
+    Args:
+        pool_subset: `[N]` dataset indices the cycle's query will score, or None.
     """
     num_classes = datamodule.num_classes
     backbone = instantiate(
         cfg.model.backbone, num_classes=num_classes, in_channels=datamodule.in_channels
     )
+    callbacks: list[pl.Callback] = []
     td_module = tracker = None
     if strategy.requires_td_module:
         td_module = instantiate(
             cfg.model.td_module, stage_channels=backbone.stage_channels, num_classes=num_classes
         )
         tracker = TrainingDynamicsTracker(len(datamodule.train_targets), num_classes)
+        callbacks.append(tracker)
+    recorder = None
+    if strategy.requires_recorder and pool_subset is not None:
+        recorder = PoolDynamicsRecorder(
+            datamodule.train_images[pool_subset],
+            datamodule.normalize,
+            num_classes,
+            batch_size=datamodule.eval_batch_size,
+            every_n_epochs=strategy.record_every,
+            record_probs="pool_td" in strategy.needs,
+        )
+        callbacks.append(recorder)
     scheduler = instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None
     system = ActiveLearningSystem(
         backbone,
@@ -53,8 +94,9 @@ def build_system(
         td_module=td_module,
         td_tracker=tracker,
         td_weight=float(cfg.model.td_weight),
+        **strategy.system_options(backbone.stage_channels, int(cfg.trainer.max_epochs)),
     )
-    return system, [tracker] if tracker is not None else []
+    return system, callbacks, recorder
 
 
 def _plot_al_metrics_against_labels(logger: Any) -> None:
@@ -65,9 +107,16 @@ def _plot_al_metrics_against_labels(logger: Any) -> None:
         define_metric("al/*", step_metric="al/num_labeled")
 
 
-def _log_cycle(logger: Any, metrics: dict[str, float]) -> None:
-    if logger is not None:
-        logger.log_metrics(metrics)
+def _log_cycle(logger: Any, row: dict[str, Any]) -> None:
+    """Logs the row's numeric per-cycle values as `al/<column>`; blanks and inf are skipped."""
+    if logger is None:
+        return
+    metrics = {
+        f"al/{name}": float(value)
+        for name, value in row.items()
+        if name != "cycle" and isinstance(value, int | float) and math.isfinite(value)
+    }
+    logger.log_metrics({**metrics, "al/cycle": row["cycle"]})
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
@@ -101,6 +150,8 @@ def _initial_summary(
         ).tolist(),
         "test_size": len(datamodule.test_targets),
         "strategy": type(strategy).__name__,
+        # the strategy's file (and yaml) name, e.g. `tidal_margin`: what sweeps and reports use
+        "strategy_name": type(strategy).__module__.rsplit(".", 1)[-1],
         "seed": int(cfg.seed),
         "cycles_completed": 0,
         "final_test_acc": None,
@@ -117,18 +168,28 @@ def _result_row(
     test_acc: float,
     per_class: torch.Tensor,
     train_seconds: float,
+    recorder: PoolDynamicsRecorder | None,
 ) -> dict[str, Any]:
-    """One results.csv row; `query_seconds` is filled in once the query has run."""
-    counts = torch.bincount(targets[labeled], minlength=len(per_class))
-    return {
+    """One results.csv row; the query columns stay blank until (unless) a query runs."""
+    num_classes = len(per_class)
+    counts = torch.bincount(targets[labeled], minlength=num_classes)
+    row: dict[str, Any] = {
         "cycle": cycle,
         "num_labeled": len(labeled),
         "test_acc": round(test_acc, 6),
         **{f"acc_class_{c}": round(a, 6) for c, a in enumerate(per_class.tolist())},
         "train_seconds": round(train_seconds, 3),
-        "query_seconds": "",
+        "labeled_imbalance_ratio": round(imbalance_ratio(counts), 4),
         **{f"labeled_class_{c}": int(n) for c, n in enumerate(counts.tolist())},
+        **dict.fromkeys(QUERY_COLUMNS, ""),
+        **{f"queried_class_{c}": "" for c in range(num_classes)},
     }
+    if recorder is not None:
+        # The recorder runs inside fit, so train_seconds includes it; its overhead is
+        # relative to the training it was added to.
+        row["record_seconds"] = round(recorder.seconds, 3)
+        row["record_overhead"] = round(recorder.seconds / (train_seconds - recorder.seconds), 4)
+    return row
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -145,6 +206,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     datamodule: ImageClassificationData = instantiate(cfg.dataset)
     datamodule.load()
     strategy: Strategy = instantiate(cfg.strategy)
+    problems = strategy.check_config(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     targets = datamodule.train_targets
     num_classes = datamodule.num_classes
     pool_indices = long_tail_indices(
@@ -176,7 +240,11 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     previous_state: dict[str, torch.Tensor] | None = None
     for cycle in range(cfg.al.cycles):
         pl.seed_everything(derive_seed(seed, cycle, "model"), workers=True, verbose=False)
-        system, callbacks = build_system(cfg, datamodule, strategy)
+        will_query = cycle + 1 < cfg.al.cycles and pool.num_unlabeled >= cfg.al.budget
+        # Drawn before training: the per-epoch recorder (dispersion, TD oracles) must know
+        # which samples the query will score.
+        subset = draw_pool_subset(pool, cfg, cycle) if will_query else None
+        system, callbacks, recorder = build_system(cfg, datamodule, strategy, subset)
         if cfg.al.warm_start and previous_state is not None:
             system.load_state_dict(previous_state)
         datamodule.start_cycle(pool.labeled_indices, seed, cycle)
@@ -197,29 +265,32 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             previous_state = {k: v.detach().clone() for k, v in system.state_dict().items()}
 
         labeled = pool.labeled_indices
-        row = _result_row(cycle, labeled, targets, test_acc, per_class, train_seconds)
+        row = _result_row(cycle, labeled, targets, test_acc, per_class, train_seconds, recorder)
         stop_reason = None
-        if cycle + 1 < cfg.al.cycles:
-            if pool.num_unlabeled < cfg.al.budget:
-                stop_reason = (
-                    f"the pool ran out: {pool.num_unlabeled} unlabeled samples left, fewer than "
-                    f"al.budget={cfg.al.budget}; stopping after {cycle + 1} of "
-                    f"{cfg.al.cycles} cycles"
-                )
-            else:
-                started = time.perf_counter()
-                queried = query(
-                    cfg, strategy, system, datamodule, pool, cycle, trainer.strategy.root_device
-                )
-                row["query_seconds"] = round(time.perf_counter() - started, 3)
-                pool.label(queried)
-                records.add_queries(cycle + 1, queried, targets[queried])
+        if subset is not None:
+            queried, diagnostics = query(
+                cfg,
+                strategy,
+                system,
+                datamodule,
+                pool,
+                subset,
+                recorder,
+                cycle,
+                trainer.strategy.root_device,
+            )
+            row.update(diagnostics)
+            pool.label(queried)
+            records.add_queries(cycle + 1, queried, targets[queried])
+        elif cycle + 1 < cfg.al.cycles:
+            stop_reason = (
+                f"the pool ran out: {pool.num_unlabeled} unlabeled samples left, fewer than "
+                f"al.budget={cfg.al.budget}; stopping after {cycle + 1} of {cfg.al.cycles} cycles"
+            )
         records.add_result(row)
         summary.update(cycles_completed=cycle + 1, final_test_acc=row["test_acc"])
         records.write_summary(summary)
-        _log_cycle(
-            logger, {"al/test_acc": test_acc, "al/num_labeled": len(labeled), "al/cycle": cycle}
-        )
+        _log_cycle(logger, row)
         log.info(
             "cycle %d/%d | labeled %d | test acc %.4f | train %.1fs | query %s",
             cycle + 1,
@@ -246,20 +317,55 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return records.results
 
 
+def draw_pool_subset(pool: LabelPool, cfg: DictConfig, cycle: int) -> torch.Tensor:
+    """`[min(U, al.pool_subset)]` dataset indices of unlabeled samples the cycle's query scores."""
+    unlabeled = pool.unlabeled_indices
+    generator = make_generator(int(cfg.seed), cycle, "pool_subset")
+    order = torch.randperm(len(unlabeled), generator=generator)
+    return unlabeled[order[: cfg.al.pool_subset]]
+
+
 def query(
     cfg: DictConfig,
     strategy: Strategy,
     system: ActiveLearningSystem,
     datamodule: ImageClassificationData,
     pool: LabelPool,
+    subset: torch.Tensor,
+    recorder: PoolDynamicsRecorder | None,
     cycle: int,
     device: torch.device,
-) -> torch.Tensor:
-    """Draws the cycle's pool subset, scores it and returns `[budget]` dataset indices to label."""
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Scores `subset` (`[N]` dataset indices) and picks the samples to label.
+
+    Returns:
+        `[budget]` dataset indices to label, and the query's diagnostics (result columns).
+    """
     seed = int(cfg.seed)
-    unlabeled = pool.unlabeled_indices
-    order = torch.randperm(len(unlabeled), generator=make_generator(seed, cycle, "pool_subset"))
-    subset = unlabeled[order[: cfg.al.pool_subset]]
-    outputs = pool_pass(system, datamodule, subset, strategy.needs, device)
-    positions = strategy.select(outputs, cfg.al.budget, make_generator(seed, cycle, "select"))
-    return subset[positions.cpu()]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    outputs = pool_pass(
+        system,
+        datamodule,
+        subset,
+        pool.labeled_indices,
+        strategy.needs,
+        device,
+        mc_samples=strategy.mc_samples,
+        generator=make_generator(seed, cycle, "mc_dropout", device),
+    )
+    if recorder is not None:
+        outputs.outputs.update(recorder.outputs())
+    positions = strategy.select(
+        outputs, cfg.al.budget, make_generator(seed, cycle, "select", device)
+    )
+    queried = subset[positions.cpu()]
+    diagnostics: dict[str, Any] = {"query_seconds": round(time.perf_counter() - started, 3)}
+    if device.type == "cuda":
+        diagnostics["query_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if "td_probs" in outputs.outputs and "pool_td" in outputs.outputs:
+        agreement = td_agreement(outputs["td_probs"], outputs["pool_td"])
+        diagnostics.update({k: round(v, 6) for k, v in agreement.items()})
+    diagnostics.update(query_diagnostics(datamodule.train_targets[queried], datamodule.num_classes))
+    return queried, diagnostics

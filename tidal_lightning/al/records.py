@@ -115,7 +115,15 @@ class RunRecords:
             *(f"acc_class_{c}" for c in k),
             "train_seconds",
             "query_seconds",
+            "query_peak_mem_mb",
+            "query_distinct_classes",
+            "labeled_imbalance_ratio",
+            "record_seconds",
+            "record_overhead",
+            "td_pool_kl",
+            "td_pool_spearman",
             *(f"labeled_class_{c}" for c in k),
+            *(f"queried_class_{c}" for c in k),
         ]
 
     def add_queries(self, cycle: int, indices: Tensor, labels: Tensor) -> None:

@@ -1,4 +1,5 @@
-"""One batched pass over the scored pool subset, computing only what the strategy needs."""
+"""Batched eval-mode passes over the scored pool subset (and the labeled set), plus the
+per-cycle query diagnostics."""
 
 from __future__ import annotations
 
@@ -7,37 +8,122 @@ from torch import Tensor
 
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.models.system import ActiveLearningSystem
-from tidal_lightning.strategies.base import PoolOutputs
+from tidal_lightning.strategies import scores
+from tidal_lightning.strategies.base import (
+    KNOWN_OUTPUTS,
+    LABELED_OUTPUTS,
+    POOL_PASS_OUTPUTS,
+    PoolOutputs,
+)
+
+
+def model_pass(
+    system: ActiveLearningSystem,
+    datamodule: ImageClassificationData,
+    indices: Tensor,
+    needs: frozenset[str],
+    device: torch.device,
+    mc_samples: int = 0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Runs the trained system in eval mode over `indices` of the training split.
+
+    Batches of `datamodule.eval_batch_size` bound memory; outputs stay on `device`.
+
+    Args:
+        indices: `[N]` dataset indices.
+        needs: names from `POOL_PASS_OUTPUTS` (see `ActiveLearningSystem.predict_batch`).
+        mc_samples, generator: for the MC-dropout outputs.
+
+    Returns:
+        Each needed output, `[N, ...]` on `device`.
+    """
+    if not needs:
+        return {}
+    system.to(device).eval()
+    batches: list[dict[str, Tensor]] = []
+    for start in range(0, len(indices), datamodule.eval_batch_size):
+        batch = indices[start : start + datamodule.eval_batch_size]
+        images = datamodule.normalize(datamodule.train_images[batch].to(device))
+        batches.append(system.predict_batch(images, needs, mc_samples, generator))
+    return {name: torch.cat([b[name] for b in batches]) for name in needs}
 
 
 def pool_pass(
     system: ActiveLearningSystem,
     datamodule: ImageClassificationData,
     indices: Tensor,
+    labeled_indices: Tensor,
     needs: frozenset[str],
     device: torch.device,
+    mc_samples: int = 0,
+    generator: torch.Generator | None = None,
 ) -> PoolOutputs:
-    """Runs the trained system over `indices` of the training split in eval mode.
+    """The pool-subset outputs a strategy needs, plus its `labeled_*` outputs.
 
-    Batches of `datamodule.eval_batch_size` bound memory; outputs stay on `device`.
+    Recorded outputs (`label_counts`, `pool_td`) come from the per-epoch recorder, not
+    from here; the caller adds them.
 
     Args:
         indices: `[N]` dataset indices of the pool subset.
-        needs: output names the strategy reads (`"probs"`, `"td_probs"`).
+        labeled_indices: `[L]` dataset indices of the labeled set.
+        needs: the strategy's `needs`.
+    """
+    unknown = set(needs) - KNOWN_OUTPUTS
+    if unknown:
+        raise ValueError(f"no pool output called {sorted(unknown)}; known: {sorted(KNOWN_OUTPUTS)}")
+    outputs = model_pass(
+        system, datamodule, indices, needs & POOL_PASS_OUTPUTS, device, mc_samples, generator
+    )
+    labeled_needs = frozenset(n.removeprefix("labeled_") for n in needs & LABELED_OUTPUTS)
+    labeled = model_pass(system, datamodule, labeled_indices, labeled_needs, device)
+    outputs.update({f"labeled_{name}": value for name, value in labeled.items()})
+    return PoolOutputs(indices, outputs)
+
+
+def td_agreement(td_probs: Tensor, pool_td: Tensor) -> dict[str, float]:
+    """How well the TD module predicts the recorded pool TD.
+
+    Args:
+        td_probs: `[N, K]` the TD module's prediction for the pool subset.
+        pool_td: `[N, K]` the recorded mean softmax (actual TD).
 
     Returns:
-        `PoolOutputs` with each needed output `[N, K]` on `device`.
+        `td_pool_kl`: mean `KL(actual ‖ predicted)`; `td_pool_spearman`: rank correlation
+        between the entropies of the two (do they order the pool the same way?).
     """
-    unknown = set(needs) - {"probs", "td_probs"}
-    if unknown:
-        raise ValueError(f"no pool output called {sorted(unknown)}")
-    if not needs:
-        return PoolOutputs(indices)
-    system.to(device).eval()
-    batches: list[dict[str, Tensor]] = []
-    for start in range(0, len(indices), datamodule.eval_batch_size):
-        batch = indices[start : start + datamodule.eval_batch_size]
-        images = datamodule.normalize(datamodule.train_images[batch].to(device))
-        batches.append(system.predict_batch(images, with_td="td_probs" in needs))
-    outputs = {name: torch.cat([b[name] for b in batches]) for name in needs}
-    return PoolOutputs(indices, outputs)
+    kl = scores.kl_divergence(pool_td, td_probs).mean()
+    return {
+        "td_pool_kl": float(kl),
+        "td_pool_spearman": spearman(scores.entropy(td_probs), scores.entropy(pool_td)),
+    }
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation of two `[N]` vectors (ties ranked by position)."""
+    if len(x) < 2:
+        return float("nan")
+    rank_x = x.argsort(stable=True).argsort(stable=True).double()
+    rank_y = y.argsort(stable=True).argsort(stable=True).double()
+    rank_x, rank_y = rank_x - rank_x.mean(), rank_y - rank_y.mean()
+    denominator = (rank_x.square().sum() * rank_y.square().sum()).sqrt()
+    return float((rank_x * rank_y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def imbalance_ratio(class_counts: Tensor) -> float:
+    """Largest / smallest of `[K]` class counts; inf while a class has none."""
+    smallest = int(class_counts.min())
+    return int(class_counts.max()) / smallest if smallest else float("inf")
+
+
+def query_diagnostics(queried_labels: Tensor, num_classes: int) -> dict[str, int]:
+    """The queried batch's class histogram (`queried_class_<c>`) and `query_distinct_classes`.
+
+    Args:
+        queried_labels: `[B]` labels of the samples just queried.
+    """
+    queried = torch.bincount(queried_labels.cpu(), minlength=num_classes)
+    return {
+        **{f"queried_class_{c}": int(n) for c, n in enumerate(queried.tolist())},
+        "query_distinct_classes": int((queried > 0).sum()),
+    }

@@ -1,8 +1,9 @@
 """Classifier backbones. Each returns `(logits [B, C], [four stage maps])`.
 
-The stage maps feed the TD module (and, later, loss-prediction modules), and
-`stage_channels` tells those modules how wide each map is, so any backbone with this
-interface works with them.
+The stage maps feed the TD module and the loss-prediction module, and `stage_channels`
+tells those modules how wide each map is, so any backbone with this interface works
+with them. `embed` exposes the penultimate (pooled) embedding that CoreSet, BADGE and CAL
+measure distances in, and `dropout_p` the dropout before the classifier that BALD samples.
 """
 
 from __future__ import annotations
@@ -14,23 +15,38 @@ from torch import Tensor, nn
 class Backbone(nn.Module):
     """Interface: `forward(x [B, C_in, H, W]) -> (logits [B, K], [4 maps [B, C_s, H_s, W_s]])`.
 
-    Subclasses build `stem`, the four `stages` and the `linear` classifier; the forward
-    pass (stem, stages, global average pooling, classifier) is shared.
+    Subclasses build `stem`, the four `stages` and the `linear` classifier, and call
+    `_set_dropout`; the forward pass (stem, stages, global average pooling, dropout,
+    classifier) is shared.
     """
 
     stage_channels: tuple[int, ...]
     stem: nn.Module
     stages: nn.ModuleList
     linear: nn.Linear
+    dropout: nn.Module
+    dropout_p: float
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def _set_dropout(self, p: float) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"model.dropout={p}: must be in [0, 1)")
+        self.dropout_p = p
+        # Identity at p = 0: no dropout layer, so no random numbers drawn, and runs without
+        # dropout stay identical to what they were before the option existed.
+        self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+
+    def embed(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """`x [B, C_in, H, W]` -> (pooled embedding `[B, D]`, the four stage maps)."""
         out = self.stem(x)
         features = []
         for stage in self.stages:
             out = stage(out)
             features.append(out)
-        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(pooled), features
+        return F.adaptive_avg_pool2d(out, 1).flatten(1), features
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        embedding, features = self.embed(x)
+        return self.linear(self.dropout(embedding)), features
 
 
 class BasicBlock(nn.Module):
@@ -58,12 +74,14 @@ class ResNet18(Backbone):
     Args:
         num_classes: K.
         in_channels: 1 (Fashion-MNIST) or 3.
+        dropout: dropout probability before the classifier (0 = none; BALD trains with it).
     """
 
     stage_channels = (64, 128, 256, 512)
 
-    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
+        self._set_dropout(dropout)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
         )
@@ -85,10 +103,14 @@ class SmallCNN(Backbone):
         num_classes: K.
         in_channels: 1 or 3.
         width: channels of the first stage; each later stage doubles it.
+        dropout: dropout probability before the classifier (0 = none; BALD trains with it).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, width: int = 16, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self._set_dropout(dropout)
         self.stage_channels = tuple(width * 2**s for s in range(4))
         self.stem = nn.Identity()
         stages = []

@@ -12,43 +12,58 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
+from tidal_lightning.models.backbones import Backbone
+from tidal_lightning.models.loss_prediction import ranking_loss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class ActiveLearningSystem(pl.LightningModule):
-    """Classifier + (optional) TD module, trained with CE + λ·KL(p̄ ‖ TD module).
+    """Classifier + optional auxiliary heads the query strategy reads.
+
+    Loss: CE, plus λ·KL(p̄ ‖ TD module) with TiDAL's TD module, plus
+    λ_loss·ranking loss with Learning Loss's loss-prediction module.
 
     Args:
-        backbone: returns `(logits [B, K], stage maps)`.
+        backbone: a `Backbone`: `embed` and `forward -> (logits [B, K], stage maps)`.
         num_classes: K.
-        optimizer: partial optimizer, called with all parameters (backbone and TD module).
+        optimizer: partial optimizer, called with all parameters (backbone and heads).
         scheduler: partial LR scheduler (stepped per epoch), or None.
-        td_module: TiDAL's TD prediction module; None trains the classifier alone.
+        td_module: TiDAL's TD prediction module; None trains without it.
         td_tracker: the callback that holds p̄'s running sums; required with `td_module`.
         td_weight: λ.
+        loss_module: Learning Loss's loss-prediction module; None trains without it.
+        loss_weight: weight of the ranking loss (1 in the paper).
+        loss_margin: margin of the ranking loss (1 in the paper).
+        loss_detach_epoch: from this epoch on the loss module sees detached stage maps, so
+            its gradient no longer shapes the backbone (epoch 120 of 200 in the paper).
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         td_module: nn.Module | None = None,
         td_tracker: TrainingDynamicsTracker | None = None,
         td_weight: float = 1.0,
+        loss_module: nn.Module | None = None,
+        loss_weight: float = 1.0,
+        loss_margin: float = 1.0,
+        loss_detach_epoch: int = 120,
     ) -> None:
         super().__init__()
         if (td_module is None) != (td_tracker is None):
             raise ValueError("td_module and td_tracker come together: pass both or neither")
         self.save_hyperparameters(
-            ignore=["backbone", "optimizer", "scheduler", "td_module", "td_tracker"]
+            ignore=["backbone", "optimizer", "scheduler", "td_module", "td_tracker", "loss_module"]
         )
         self.backbone = backbone
         self.td_module = td_module
         self.td_tracker = td_tracker
+        self.loss_module = loss_module
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -63,7 +78,11 @@ class ActiveLearningSystem(pl.LightningModule):
     ) -> dict[str, Tensor]:
         images, targets, indices = batch
         logits, features = self.backbone(images)
-        ce = F.cross_entropy(logits, targets)
+        if self.loss_module is None:
+            ce = F.cross_entropy(logits, targets)
+        else:
+            ce_per_sample = F.cross_entropy(logits, targets, reduction="none")
+            ce = ce_per_sample.mean()
         probs = logits.detach().float().softmax(dim=1)
         loss = ce
         if self.td_module is not None and self.td_tracker is not None:
@@ -72,6 +91,16 @@ class ActiveLearningSystem(pl.LightningModule):
             td_kl = F.kl_div(td_log_probs, target, reduction="batchmean")
             loss = ce + self.hparams["td_weight"] * td_kl
             self.log("train/td_kl", td_kl, on_step=False, on_epoch=True)
+        if self.loss_module is not None:
+            if self.current_epoch >= self.hparams["loss_detach_epoch"]:
+                features = [f.detach() for f in features]
+            rank = ranking_loss(
+                self.loss_module(features).float(),
+                ce_per_sample.detach().float(),
+                self.hparams["loss_margin"],
+            )
+            loss = loss + self.hparams["loss_weight"] * rank
+            self.log("train/loss_rank", rank, on_step=False, on_epoch=True)
         self.log("train/ce", ce, on_step=False, on_epoch=True)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         return {"loss": loss, "probs": probs, "indices": indices}
@@ -88,15 +117,64 @@ class ActiveLearningSystem(pl.LightningModule):
         self.test_class_accuracy.reset()
 
     @torch.inference_mode()
-    def predict_batch(self, images: Tensor, with_td: bool) -> dict[str, Tensor]:
-        """One normalised pool batch `[B, C, H, W]` -> `{"probs": [B, K], "td_probs": [B, K]}`."""
-        logits, features = self.backbone(images)
-        outputs = {"probs": logits.float().softmax(dim=1)}
-        if with_td:
+    def predict_batch(
+        self,
+        images: Tensor,
+        needs: frozenset[str] = frozenset({"probs"}),
+        mc_samples: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """One normalised batch `[B, C, H, W]` -> the named outputs in `needs`.
+
+        Names: `probs` `[B, K]` (softmax), `td_probs` `[B, K]` (TD module), `embeddings`
+        `[B, D]` (pooled penultimate features), `predicted_loss` `[B]` (loss module),
+        `mc_mean_probs` `[B, K]` and `mc_mean_entropy` `[B]` (mean softmax and mean entropy
+        over `mc_samples` dropout masks, drawn from `generator`).
+        """
+        embedding, features = self.backbone.embed(images)
+        outputs: dict[str, Tensor] = {}
+        if "probs" in needs:
+            outputs["probs"] = self.backbone.linear(embedding).float().softmax(dim=1)
+        if "embeddings" in needs:
+            outputs["embeddings"] = embedding.float()
+        if "td_probs" in needs:
             if self.td_module is None:
                 raise RuntimeError("TD-module outputs were asked for, but no TD module was trained")
             outputs["td_probs"] = self.td_module(features).float().softmax(dim=1)
+        if "predicted_loss" in needs:
+            if self.loss_module is None:
+                raise RuntimeError(
+                    "predicted losses were asked for, but no loss module was trained"
+                )
+            outputs["predicted_loss"] = self.loss_module(features).float()
+        if {"mc_mean_probs", "mc_mean_entropy"} & needs:
+            outputs["mc_mean_probs"], outputs["mc_mean_entropy"] = self._mc_dropout(
+                embedding, mc_samples, generator
+            )
         return outputs
+
+    def _mc_dropout(
+        self, embedding: Tensor, samples: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean softmax `[B, K]` and mean entropy `[B]` over `samples` dropout masks.
+
+        Dropout sits only before the classifier, so the stochastic passes share one
+        backbone pass and differ only in the head; looping over the samples and keeping
+        running sums holds memory at one `[B, D]` mask, not `samples` of them.
+        """
+        p = float(self.backbone.dropout_p)
+        if samples < 1 or p <= 0:
+            raise RuntimeError(
+                f"MC dropout needs mc_samples >= 1 and model.dropout > 0 (got {samples}, {p})"
+            )
+        prob_sum = embedding.new_zeros(len(embedding), self.backbone.linear.out_features)
+        entropy_sum = embedding.new_zeros(len(embedding))
+        for _ in range(samples):
+            keep = torch.rand(embedding.shape, generator=generator, device=embedding.device) >= p
+            probs = self.backbone.linear(embedding * keep / (1.0 - p)).float().softmax(dim=1)
+            prob_sum += probs
+            entropy_sum += torch.special.entr(probs).sum(dim=1)
+        return prob_sum / samples, entropy_sum / samples
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

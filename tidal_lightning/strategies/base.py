@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
+
+# What a strategy can list in `needs`, by where it comes from:
+# one eval-mode pass over the scored pool subset after training,
+POOL_PASS_OUTPUTS = frozenset(
+    {"probs", "td_probs", "embeddings", "predicted_loss", "mc_mean_probs", "mc_mean_entropy"}
+)
+# the same pass over the labeled set (the name minus `labeled_`),
+LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings"})
+# and the per-epoch recorder that runs on the pool subset during training.
+RECORDED_OUTPUTS = frozenset({"label_counts", "pool_td"})
+KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS
 
 
 @dataclass
 class PoolOutputs:
-    """What one pass over the scored pool subset produced.
+    """What the passes over the scored pool subset (and the labeled set) produced.
 
     Attributes:
         indices: `[N]` dataset indices of the scored pool samples (CPU).
-        outputs: named tensors from the pass, each `[N, ...]` on the scoring device;
-            e.g. `"probs"` `[N, K]` (classifier softmax), `"td_probs"` `[N, K]` (TD module).
+        outputs: named tensors on the scoring device; pool outputs are `[N, ...]`:
+            `probs` `[N, K]` (classifier softmax), `td_probs` `[N, K]` (TD module),
+            `embeddings` `[N, D]` (pooled penultimate features), `predicted_loss` `[N]`
+            (loss-prediction module), `mc_mean_probs` `[N, K]` / `mc_mean_entropy` `[N]`
+            (over MC-dropout samples), `label_counts` `[N, K]` int (predicted label per
+            recorded epoch), `pool_td` `[N, K]` (mean softmax over recorded epochs);
+            labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`.
     """
 
     indices: Tensor
@@ -32,17 +49,48 @@ class PoolOutputs:
 class Strategy:
     """Base class of query strategies.
 
-    A strategy declares in `needs` which pool outputs it reads; the AL loop computes
-    exactly those in one batched pass and trains a TD module only if `"td_probs"` is
-    needed. Score-based strategies implement `score` (higher = more worth labeling);
-    set-selection strategies override `select`.
+    A strategy declares in `needs` which outputs it reads (names in `KNOWN_OUTPUTS`); the
+    AL loop computes exactly those, trains the TD module only for `td_probs`, adds what
+    `system_options` returns to the system (Learning Loss's module), and runs the
+    per-epoch pool recorder only for `label_counts` / `pool_td`. Score-based strategies
+    implement `score` (higher = more worth labeling); set-selection strategies override
+    `select`.
+
+    Attributes:
+        mc_samples: dropout masks per pool sample for the `mc_*` outputs.
+        record_every: the per-epoch recorder runs every this many epochs.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"probs"})
+    mc_samples: int = 0
+    record_every: int = 1
 
     @property
     def requires_td_module(self) -> bool:
         return "td_probs" in self.needs
+
+    @property
+    def requires_recorder(self) -> bool:
+        return bool(RECORDED_OUTPUTS & self.needs)
+
+    def check_config(self, cfg: DictConfig) -> list[str]:
+        """Problems with `cfg` for this strategy, each naming the key and the fix; [] if none."""
+        problems = []
+        if self.requires_recorder and not 1 <= self.record_every <= cfg.trainer.max_epochs:
+            problems.append(
+                f"strategy.record_every={self.record_every}: must be between 1 and "
+                f"trainer.max_epochs={cfg.trainer.max_epochs}, or no epoch is recorded"
+            )
+        return problems
+
+    def system_options(self, stage_channels: tuple[int, ...], max_epochs: int) -> dict[str, Any]:
+        """Extra `ActiveLearningSystem` arguments (e.g. a head to train jointly); {} by default.
+
+        Args:
+            stage_channels: channels of the backbone's four stage maps.
+            max_epochs: epochs per cycle (for schedules expressed as a fraction of training).
+        """
+        return {}
 
     def score(self, pool: PoolOutputs) -> Tensor:
         """`[N]` float scores; higher = query first."""
@@ -52,6 +100,7 @@ class Strategy:
         """Positions (into `pool.indices`) of the `budget` samples to label, `[budget]` int64.
 
         Ties are broken by position (a stable sort), so selection is deterministic.
+        `generator` lives on the scoring device.
         """
         scores = self.score(pool)
         order = torch.sort(scores, descending=True, stable=True).indices

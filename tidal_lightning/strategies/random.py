@@ -16,4 +16,4 @@ class RandomSampling(Strategy):
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def select(self, pool: PoolOutputs, budget: int, generator: torch.Generator) -> Tensor:
-        return torch.randperm(len(pool), generator=generator)[:budget]
+        return torch.randperm(len(pool), generator=generator, device=generator.device)[:budget]

@@ -1,0 +1,115 @@
+"""Per-epoch predictions on the cycle's pool subset: label dispersion and the actual pool TD."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from tidal_lightning.models.system import ActiveLearningSystem
+
+
+class PoolDynamicsRecorder(pl.Callback):
+    """Runs the model over the scored pool subset at the end of every `every_n_epochs` epoch.
+
+    Keeps, on the module's device, the per-sample count of each predicted label (label
+    dispersion, Bengar et al. 2021) and, optionally, the sum of the softmax (the pool
+    samples' actual training dynamics, which TiDAL's module approximates). The pass runs
+    in eval mode and draws no random numbers, so recording does not change training.
+
+    Args:
+        images: `[N, C, H, W]` uint8 images of the pool subset, in scoring order.
+        normalize: the datamodule's `normalize` (uint8 batch -> float batch on its device).
+        num_classes: K.
+        batch_size: batch size of the pass.
+        every_n_epochs: record after epochs `k-1, 2k-1, ...` (0-based), i.e. every k-th.
+        record_probs: also sum the softmax (for `pool_td`).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        normalize: Callable[[Tensor], Tensor],
+        num_classes: int,
+        batch_size: int = 1024,
+        every_n_epochs: int = 1,
+        record_probs: bool = False,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs}: must be >= 1")
+        self.images = images
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.every_n_epochs = every_n_epochs
+        self.record_probs = record_probs
+        n = len(images)
+        self.label_counts = torch.zeros(n, num_classes, dtype=torch.int32)  # [N, K]
+        self.prob_sums = torch.zeros(n, num_classes) if record_probs else None  # [N, K]
+        self.recorded_epochs = 0
+        self.seconds = 0.0  # wall time spent in the pool passes, summed over epochs
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        # Moved once per cycle: the per-epoch pass then reads images already on the device.
+        self.images = self.images.to(device)
+        self.label_counts = self.label_counts.to(device)
+        if self.prob_sums is not None:
+            self.prob_sums = self.prob_sums.to(device)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._synchronize(pl_module.device)
+        started = time.perf_counter()
+        system = cast("ActiveLearningSystem", pl_module)
+        was_training = system.training
+        system.eval()
+        for start in range(0, len(self.images), self.batch_size):
+            batch = self.normalize(self.images[start : start + self.batch_size])
+            probs = system.predict_batch(batch)["probs"]
+            counts = self.label_counts[start : start + self.batch_size]
+            counts.scatter_add_(
+                1, probs.argmax(dim=1, keepdim=True), torch.ones_like(counts[:, :1])
+            )
+            if self.prob_sums is not None:
+                self.prob_sums[start : start + self.batch_size] += probs
+        system.train(was_training)
+        self.recorded_epochs += 1
+        # One synchronisation per epoch (not per batch) so the reported cost is real on a GPU.
+        self._synchronize(pl_module.device)
+        self.seconds += time.perf_counter() - started
+
+    @staticmethod
+    def _synchronize(device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def outputs(self) -> dict[str, Tensor]:
+        """`label_counts` `[N, K]` int32 and, if recorded, `pool_td` `[N, K]` (mean softmax)."""
+        if self.recorded_epochs == 0:
+            raise RuntimeError("no epoch was recorded: every_n_epochs exceeds the epochs trained")
+        outputs = {"label_counts": self.label_counts}
+        if self.prob_sums is not None:
+            outputs["pool_td"] = self.prob_sums / self.recorded_epochs
+        return outputs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "label_counts": self.label_counts,
+            "prob_sums": self.prob_sums,
+            "recorded_epochs": self.recorded_epochs,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.label_counts = state_dict["label_counts"].to(self.label_counts.device)
+        if state_dict["prob_sums"] is not None and self.prob_sums is not None:
+            self.prob_sums = state_dict["prob_sums"].to(self.prob_sums.device)
+        self.recorded_epochs = int(state_dict["recorded_epochs"])
+        self.seconds = float(state_dict["seconds"])

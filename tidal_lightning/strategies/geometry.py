@@ -1,0 +1,133 @@
+"""Distance-based selection on the device, chunked so memory stays O(N · chunk), never O(N²).
+
+Used by CoreSet (k-center greedy), BADGE (k-means++ seeding on gradient embeddings) and
+CAL (nearest labeled neighbours).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def min_sq_distances(points: Tensor, centers: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Squared Euclidean distance from each point to its nearest center, `[N, D], [M, D] -> [N]`.
+
+    Centers are processed `chunk_size` at a time, so the largest temporary is `[N, chunk]`.
+    With no centers every distance is +inf.
+    """
+    nearest = torch.full((len(points),), float("inf"), device=points.device)
+    for start in range(0, len(centers), chunk_size):
+        block = torch.cdist(points, centers[start : start + chunk_size]).square()
+        nearest = torch.minimum(nearest, block.min(dim=1).values)
+    return nearest
+
+
+def kcenter_greedy(points: Tensor, centers: Tensor, budget: int, chunk_size: int = 1024) -> Tensor:
+    """Sener & Savarese's greedy k-center: repeatedly take the point farthest from all centers.
+
+    Args:
+        points: `[N, D]` candidate embeddings.
+        centers: `[M, D]` embeddings that are already centers (the labeled set).
+        budget: how many points to pick (<= N).
+        chunk_size: centers per distance block.
+
+    Returns:
+        `[budget]` positions into `points`, in the order they were picked (on `points.device`).
+        Ties go to the lowest position.
+    """
+    nearest = min_sq_distances(points, centers, chunk_size)
+    picked = torch.empty(budget, dtype=torch.long, device=points.device)
+    for step in range(budget):
+        # argmax returns the first maximum, and picked points have distance 0 to themselves,
+        # so no point is picked twice while others remain at a positive distance.
+        choice = nearest.argmax()
+        picked[step] = choice
+        new = (points - points[choice]).square().sum(dim=1)
+        nearest = torch.minimum(nearest, new)
+        nearest[choice] = -1.0  # below any distance, even when every distance is 0
+    return picked
+
+
+def gradient_embedding(probs: Tensor, embeddings: Tensor) -> Tensor:
+    """BADGE's gradient embedding, materialised: `[N, K], [N, D] -> [N, K·D]`.
+
+    It is the gradient of the cross-entropy with respect to the last linear layer's weight,
+    taking the predicted class as the label: `(p - onehot(argmax p)) ⊗ h`. Only for tests
+    and small inputs; selection uses `gradient_sq_distances`, which never builds it.
+    """
+    residual = probs - F.one_hot(probs.argmax(dim=1), probs.shape[1]).to(probs.dtype)
+    return (residual[:, :, None] * embeddings[:, None, :]).flatten(1)
+
+
+def gradient_sq_distances(
+    residual: Tensor, embeddings: Tensor, sq_norms: Tensor, center: Tensor
+) -> Tensor:
+    """Squared distances from every gradient embedding to the one at position `center`, `[N]`.
+
+    For outer products `<a_i ⊗ h_i, a_j ⊗ h_j> = (a_i · a_j)(h_i · h_j)`, so a distance costs
+    O(K + D) per point instead of O(K · D): a CIFAR-100 ResNet-18 pool of 10k samples would
+    otherwise need 10k × 51,200 floats (2 GB).
+
+    Args:
+        residual: `[N, K]` `p - onehot(argmax p)`.
+        embeddings: `[N, D]`.
+        sq_norms: `[N]` squared norms of the gradient embeddings.
+        center: position (0-dim tensor or int) of the center.
+    """
+    inner = (residual @ residual[center]) * (embeddings @ embeddings[center])
+    return (sq_norms + sq_norms[center] - 2.0 * inner).clamp(min=0.0)
+
+
+def kmeans_pp_gradient(
+    probs: Tensor, embeddings: Tensor, budget: int, generator: torch.Generator
+) -> Tensor:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings.
+
+    The first center is the embedding with the largest norm (as in the authors' code); each
+    next one is drawn with probability proportional to its squared distance to the nearest
+    chosen center.
+
+    Args:
+        probs: `[N, K]` softmax of the pool samples.
+        embeddings: `[N, D]` their penultimate embeddings.
+        budget: number of centers (<= N).
+        generator: on the same device as the inputs.
+
+    Returns:
+        `[budget]` distinct positions, in the order they were chosen.
+    """
+    residual = probs - F.one_hot(probs.argmax(dim=1), probs.shape[1]).to(probs.dtype)
+    sq_norms = residual.square().sum(dim=1) * embeddings.square().sum(dim=1)
+    picked = torch.empty(budget, dtype=torch.long, device=probs.device)
+    chosen = torch.zeros(len(probs), dtype=torch.bool, device=probs.device)
+    choice = sq_norms.argmax()
+    nearest = torch.full_like(sq_norms, float("inf"))
+    for step in range(budget):
+        picked[step] = choice
+        chosen[choice] = True
+        if step + 1 == budget:
+            break
+        distance = gradient_sq_distances(residual, embeddings, sq_norms, choice)
+        nearest = torch.minimum(nearest, distance).masked_fill(chosen, 0.0)
+        # All remaining points coincide with a center: D² sampling is undefined, so draw
+        # uniformly among the unchosen (kept on the device: no host round trip).
+        weights = torch.where(nearest.sum() > 0, nearest, (~chosen).to(nearest.dtype))
+        choice = torch.multinomial(weights, 1, generator=generator)[0]
+    return picked
+
+
+def nearest_neighbours(
+    queries: Tensor, references: Tensor, k: int, chunk_size: int = 1024
+) -> Tensor:
+    """Positions of the `k` nearest references (Euclidean) of each query, `[N, k]`.
+
+    Queries are processed `chunk_size` at a time: the largest temporary is `[chunk, M]`.
+    """
+    k = min(k, len(references))
+    blocks = []
+    for start in range(0, len(queries), chunk_size):
+        distances = torch.cdist(queries[start : start + chunk_size], references)
+        blocks.append(distances.topk(k, dim=1, largest=False).indices)
+    return torch.cat(blocks)
