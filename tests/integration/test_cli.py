@@ -79,12 +79,19 @@ def test_multirun_sweep_over_every_strategy(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     names = ALL_STRATEGIES.split(",")
-    for job, name in enumerate(names):
-        with open(tmp_path / "sweep" / str(job) / "results.csv") as handle:
+    # each job's folder is named from its overrides
+    jobs = {p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
+    expected = {f"+experiment=smoke,al.cycles=2,strategy={n},trainer.max_epochs=2" for n in names}
+    assert jobs == expected
+    for name in names:
+        job = (
+            tmp_path
+            / "sweep"
+            / f"+experiment=smoke,al.cycles=2,strategy={name},trainer.max_epochs=2"
+        )
+        with open(job / "results.csv") as handle:
             assert len(list(csv.DictReader(handle))) == 2
-        summary = (tmp_path / "sweep" / str(job) / "run_summary.json").read_text()
-        assert f'"strategy_name": "{name}"' in summary
-    assert not (tmp_path / "sweep" / str(len(names))).exists()
+        assert f'"strategy_name": "{name}"' in (job / "run_summary.json").read_text()
     assert "cycle  labeled" in done.stdout + done.stderr  # the per-cycle table
 
 

@@ -154,10 +154,17 @@ def test_bad_config_fails_early_and_writes_nothing(
 def test_existing_results_are_never_overwritten(smoke_config: Callable[..., DictConfig]) -> None:
     cfg = smoke_config("al.cycles=1")
     run(cfg)
-    before = {p.name: p.read_bytes() for p in Path(cfg.paths.output_dir).iterdir() if p.is_file()}
+    out = Path(cfg.paths.output_dir)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # another config in the same folder: refused, naming what differs
+    with pytest.raises(RunFolderError, match=r"different config \(seed: 0 -> 9\)"):
+        run(smoke_config("al.cycles=1", "seed=9"))
+    # results left by something that kept no state: refused too
+    (out / "state.pt").rename(out / "moved.pt")
     with pytest.raises(RunFolderError, match="already holds"):
         run(smoke_config("al.cycles=1", "seed=9"))
-    after = {p.name: p.read_bytes() for p in Path(cfg.paths.output_dir).iterdir() if p.is_file()}
+    (out / "moved.pt").rename(out / "state.pt")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert before == after
 
 
@@ -227,17 +234,29 @@ def test_loggers_record_the_per_cycle_accuracy(
             float(r["test_acc"]) for r in results
         }
         assert set(logged["al/num_labeled"]) == {24, 40}
+        assert sum(logged["al/queried_class_0"] + logged["al/queried_class_1"]) <= 16
+        # per-epoch steps keep increasing across the two cycles' fresh Trainers (W&B would
+        # otherwise overlay or drop them): 2 steps/epoch in cycle 0, 3 in cycle 1, 10 epochs
+        steps = logged["trainer/global_step"]
+        assert steps == sorted(steps) and max(steps) >= 20 + 30
+        assert set(logged["al/cycle"]) == {0, 1}
+        blob = run_file.read_bytes()
+        # group (the sweep), name and tags from the run, the resolved config attached
+        assert b"adhoc" in blob and b"tidal_margin-synthetic-ir1-seed0" in blob
+        assert b"seed=0" in blob and b"imbalance_ratio=1" in blob
+        assert b"pool_subset" in blob
 
 
 def wandb_items(blob: bytes) -> dict[str, list[float]]:
-    """`al/*` values in an offline `.wandb` file, read from the protobuf wire format.
+    """`al/*` and `trainer/*` values in an offline `.wandb` file, read from its wire format.
 
     Each logged item is an `Item` message: field 2 (`key`, tag 0x12) then field 16
     (`value_json`, tag 0x82 0x01), each a length-prefixed string; W&B's own reader for
     these files is not part of its Python package.
     """
     items: dict[str, list[float]] = {}
-    for match in re.finditer(rb"\x12(.)(al/[a-z_]+)\x82\x01(.)", blob, flags=re.DOTALL):
+    pattern = rb"\x12(.)((?:al|trainer)/[a-z_0-9]+)\x82\x01(.)"
+    for match in re.finditer(pattern, blob, flags=re.DOTALL):
         if match.group(1)[0] != len(match.group(2)):
             continue
         start = match.end()

@@ -1,8 +1,15 @@
-"""Backbone shapes and the TD module's structure."""
+"""Backbone shapes, the TD module's structure, Learning Loss's detach and MC dropout."""
 
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
 import torch
+from torch import Tensor
 
 from tidal_lightning.models.backbones import ResNet18, SmallCNN
+from tidal_lightning.models.loss_prediction import LossPredictionModule
+from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.models.td_module import TDModule
 
 
@@ -46,3 +53,77 @@ def test_td_module_is_gap_linear_relu_per_stage_then_linear() -> None:
         torch.relu(p(m.mean(dim=(2, 3)))) for p, m in zip(module.projections, maps, strict=True)
     ]
     torch.testing.assert_close(out, module.head(torch.cat(pooled, dim=1)))
+
+
+def _system_with_loss_module(detach_epoch: int) -> ActiveLearningSystem:
+    torch.manual_seed(0)
+    backbone = SmallCNN(num_classes=3, in_channels=1, width=4)
+    system = ActiveLearningSystem(
+        backbone,
+        3,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        loss_module=LossPredictionModule(backbone.stage_channels, hidden=4),
+        loss_detach_epoch=detach_epoch,
+    )
+    system.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    return system
+
+
+def _backbone_grads(system: ActiveLearningSystem, epoch: int, with_rank: bool) -> list[Tensor]:
+    system._trainer = SimpleNamespace(current_epoch=epoch)  # type: ignore[assignment]
+    system.zero_grad()
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(6, 1, 8, 8, generator=generator)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    if with_rank:
+        loss = system.training_step((images, targets, torch.arange(6)), 0)["loss"]
+    else:
+        loss = torch.nn.functional.cross_entropy(system.backbone(images)[0], targets)
+    loss.backward()
+    return [p.grad.clone() for p in system.backbone.parameters() if p.grad is not None]
+
+
+def test_learning_loss_shapes_the_backbone_only_before_the_detach_epoch() -> None:
+    system = _system_with_loss_module(detach_epoch=5)
+    plain = _backbone_grads(system, epoch=4, with_rank=False)
+    before = _backbone_grads(system, epoch=4, with_rank=True)
+    after = _backbone_grads(system, epoch=5, with_rank=True)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, before, strict=True))
+    for a, b in zip(plain, after, strict=True):
+        torch.testing.assert_close(a, b)
+    assert system.loss_module is not None
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in system.loss_module.parameters()
+    )
+
+
+def test_mc_dropout_is_seeded_and_only_with_dropout() -> None:
+    torch.manual_seed(0)
+    backbone = SmallCNN(num_classes=3, in_channels=1, width=4, dropout=0.5)
+    system = ActiveLearningSystem(backbone, 3, optimizer=partial(torch.optim.SGD, lr=0.1)).eval()
+    images = torch.randn(5, 1, 8, 8)
+    needs = frozenset({"probs", "mc_mean_probs", "mc_mean_entropy"})
+
+    def mc(seed: int, samples: int = 10) -> dict[str, Tensor]:
+        return system.predict_batch(images, needs, samples, torch.Generator().manual_seed(seed))
+
+    first, again, other = mc(0), mc(0), mc(1)
+    torch.testing.assert_close(first["mc_mean_probs"], again["mc_mean_probs"])
+    assert not torch.allclose(first["mc_mean_probs"], other["mc_mean_probs"])
+    torch.testing.assert_close(first["mc_mean_probs"].sum(dim=1), torch.ones(5))
+    # masks differ between samples, so the mean entropy is not the entropy of the mean
+    assert not torch.allclose(
+        first["mc_mean_entropy"], torch.special.entr(first["mc_mean_probs"]).sum(dim=1)
+    )
+    # one sample with one mask: dropout rescales the kept units by 1/(1-p)
+    generator = torch.Generator().manual_seed(3)
+    embedding, _ = backbone.embed(images)
+    keep = torch.rand(embedding.shape, generator=torch.Generator().manual_seed(3)) >= 0.5
+    expected = backbone.linear(embedding * keep * 2.0).softmax(dim=1)
+    single = system.predict_batch(images, needs, 1, generator)["mc_mean_probs"]
+    torch.testing.assert_close(single, expected)
+    plain = ActiveLearningSystem(
+        SmallCNN(num_classes=3, in_channels=1, width=4), 3, optimizer=torch.optim.SGD
+    )
+    with pytest.raises(RuntimeError, match=r"model\.dropout > 0"):
+        plain.predict_batch(images, needs, 10, torch.Generator())

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tidal_lightning.al.cycle_logger import CycleStepLogger
 from tidal_lightning.al.pool import LabelPool, draw_initial
 from tidal_lightning.al.records import RunRecords, git_commit, package_versions
 from tidal_lightning.al.scoring import (
@@ -21,6 +23,7 @@ from tidal_lightning.al.scoring import (
     query_diagnostics,
     td_agreement,
 )
+from tidal_lightning.al.state import RunState, restore_rng
 from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
@@ -196,11 +199,25 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Runs `cfg.al.cycles` AL cycles and returns the per-cycle result rows.
 
     Every check that can fail on user input runs before the first training, and
-    before anything is written to the run folder.
+    before anything is written to the run folder. A folder with a `state.pt` is resumed
+    after its last completed cycle (same config required); a finished one is left as is.
     """
     validate_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    RunRecords.check_fresh(run_dir)
+    config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
+    state = RunState.load(run_dir)
+    if state is None:
+        RunRecords.check_fresh(run_dir)
+    else:
+        state.check_same_config(config, run_dir)
+        if state.status == "finished":
+            log.info(
+                "%s holds a finished run (%d cycles): nothing to do\n%s",
+                run_dir,
+                state.cycles_completed,
+                _format_table(state.results),
+            )
+            return state.results
     seed = int(cfg.seed)
 
     datamodule: ImageClassificationData = instantiate(cfg.dataset)
@@ -221,33 +238,46 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     records = RunRecords(run_dir, num_classes)
+    if state is None:
+        initial = draw_initial(
+            targets,
+            pool_indices,
+            cfg.al.initial,
+            num_classes,
+            cfg.al.initial_mode,
+            make_generator(seed, 0, "initial"),
+        )
+        state = RunState(
+            config=config,
+            label_rounds=[initial],
+            summary=_initial_summary(cfg, datamodule, strategy, pool_indices),
+            # W&B run ids only need to be unique, not reproducible: no seeded stream.
+            logger_id=secrets.token_hex(4),
+        )
+        state.save(run_dir)
+    else:
+        log.info(
+            "resuming %s after %d of %d cycles", run_dir, state.cycles_completed, cfg.al.cycles
+        )
+        restore_rng(state.rng)
     pool = LabelPool(len(targets), pool_indices)
-    initial = draw_initial(
-        targets,
-        pool_indices,
-        cfg.al.initial,
-        num_classes,
-        cfg.al.initial_mode,
-        make_generator(seed, 0, "initial"),
-    )
-    pool.label(initial)
-    records.add_queries(0, initial, targets[initial])
-    summary = _initial_summary(cfg, datamodule, strategy, pool_indices)
-    records.write_summary(summary)
+    for labeled_round in state.label_rounds:
+        pool.label(labeled_round)
+    records.write(state.results, state.label_rounds, targets, state.summary)
 
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    _plot_al_metrics_against_labels(logger)
-    previous_state: dict[str, torch.Tensor] | None = None
-    for cycle in range(cfg.al.cycles):
+    logger = _make_logger(cfg, state)
+    for cycle in range(state.cycles_completed, cfg.al.cycles):
         pl.seed_everything(derive_seed(seed, cycle, "model"), workers=True, verbose=False)
         will_query = cycle + 1 < cfg.al.cycles and pool.num_unlabeled >= cfg.al.budget
         # Drawn before training: the per-epoch recorder (dispersion, TD oracles) must know
         # which samples the query will score.
         subset = draw_pool_subset(pool, cfg, cycle) if will_query else None
         system, callbacks, recorder = build_system(cfg, datamodule, strategy, subset)
-        if cfg.al.warm_start and previous_state is not None:
-            system.load_state_dict(previous_state)
+        if cfg.al.warm_start and state.warm_start is not None:
+            system.load_state_dict(state.warm_start)
         datamodule.start_cycle(pool.labeled_indices, seed, cycle)
+        if logger is not None:
+            logger.start_cycle(cycle)
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             callbacks=callbacks,
@@ -261,8 +291,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         test_acc = float(trainer.callback_metrics["test/acc"])
         per_class = system.per_class_accuracy
         assert per_class is not None
-        if cfg.al.warm_start:
-            previous_state = {k: v.detach().clone() for k, v in system.state_dict().items()}
+        if logger is not None:
+            logger.end_cycle(trainer.global_step)
+            state.logger_step = logger.offset
 
         labeled = pool.labeled_indices
         row = _result_row(cycle, labeled, targets, test_acc, per_class, train_seconds, recorder)
@@ -281,15 +312,20 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             )
             row.update(diagnostics)
             pool.label(queried)
-            records.add_queries(cycle + 1, queried, targets[queried])
+            state.label_rounds.append(queried)
         elif cycle + 1 < cfg.al.cycles:
             stop_reason = (
                 f"the pool ran out: {pool.num_unlabeled} unlabeled samples left, fewer than "
                 f"al.budget={cfg.al.budget}; stopping after {cycle + 1} of {cfg.al.cycles} cycles"
             )
-        records.add_result(row)
-        summary.update(cycles_completed=cycle + 1, final_test_acc=row["test_acc"])
-        records.write_summary(summary)
+        # The cycle is committed by replacing state.pt; the readable files follow from it.
+        state.results.append(row)
+        state.cycles_completed = cycle + 1
+        state.summary.update(cycles_completed=cycle + 1, final_test_acc=row["test_acc"])
+        if cfg.al.warm_start:
+            state.warm_start = {k: v.detach().cpu().clone() for k, v in system.state_dict().items()}
+        state.save(run_dir)
+        records.write(state.results, state.label_rounds, targets, state.summary)
         _log_cycle(logger, row)
         log.info(
             "cycle %d/%d | labeled %d | test acc %.4f | train %.1fs | query %s",
@@ -304,17 +340,46 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             log.warning(stop_reason)
             break
 
-    summary["status"] = "finished"
-    records.write_summary(summary)
+    state.status = state.summary["status"] = "finished"
+    state.save(run_dir)
+    records.write(state.results, state.label_rounds, targets, state.summary)
     if logger is not None:
         logger.finalize("success")
         # Lightning leaves W&B runs open until interpreter exit; close it so the run's files
         # (summary included) are complete when `run` returns, e.g. between sweep jobs.
-        finish = getattr(getattr(logger, "experiment", None), "finish", None)
+        finish = getattr(logger.experiment, "finish", None)
         if callable(finish):
             finish()
-    log.info("results in %s\n%s", run_dir, _format_table(records.results))
-    return records.results
+    log.info("results in %s\n%s", run_dir, _format_table(state.results))
+    return state.results
+
+
+def _make_logger(cfg: DictConfig, state: RunState) -> CycleStepLogger | None:
+    """The configured logger wrapped so steps keep increasing across cycles, or None.
+
+    Keys the logger config leaves null are filled in from the run: for W&B the run `id`
+    (kept in the state, so a resumed run logs into the same W&B run rather than a new
+    one), a `name` and `tags` from strategy, dataset, imbalance ratio and seed.
+    """
+    if not cfg.get("logger"):
+        return None
+    summary = state.summary
+    filled = {
+        "id": state.logger_id,
+        "name": f"{summary['strategy_name']}-{summary['dataset']}"
+        f"-ir{summary['imbalance_ratio']:g}-seed{summary['seed']}",
+        "tags": [
+            str(summary["dataset"]),
+            f"imbalance_ratio={summary['imbalance_ratio']:g}",
+            str(summary["strategy_name"]),
+            f"seed={summary['seed']}",
+        ],
+    }
+    extra = {k: v for k, v in filled.items() if k in cfg.logger and cfg.logger[k] is None}
+    logger = CycleStepLogger(instantiate(cfg.logger, **extra), offset=state.logger_step)
+    logger.log_hyperparams(state.config)
+    _plot_al_metrics_against_labels(logger)
+    return logger
 
 
 def draw_pool_subset(pool: LabelPool, cfg: DictConfig, cycle: int) -> torch.Tensor:

@@ -79,7 +79,10 @@ def package_versions() -> dict[str, str]:
 
 
 class RunRecords:
-    """Writes a run folder's records; every write replaces the whole file atomically.
+    """Writes a run folder's human-readable records; every write replaces the file atomically.
+
+    They are derived from the run's `RunState` (see `al/state.py`) and rewritten from it after
+    each cycle, and again when a run resumes.
 
     Args:
         run_dir: the run folder (Hydra's output dir).
@@ -92,17 +95,16 @@ class RunRecords:
         self.results_path = run_dir / "results.csv"
         self.queries_path = run_dir / "queries.csv"
         self.summary_path = run_dir / "run_summary.json"
-        self.results: list[dict[str, Any]] = []
-        self.queries: list[list[int]] = []
 
     @staticmethod
     def check_fresh(run_dir: Path) -> None:
-        """Refuses to start in a folder that already holds a run's results."""
+        """Refuses to start in a folder that holds another run's results but no state to resume."""
         taken = [p.name for p in (run_dir / "results.csv", run_dir / "queries.csv") if p.exists()]
         if taken:
             raise RunFolderError(
-                f"{run_dir} already holds {', '.join(taken)} from an earlier run; "
-                "pick another hydra.run.dir (or move those files away) so they are not overwritten."
+                f"{run_dir} already holds {', '.join(taken)} from an earlier run that left no "
+                "state.pt to resume from; pick another hydra.run.dir (or move those files away) "
+                "so they are not overwritten."
             )
 
     @property
@@ -126,20 +128,31 @@ class RunRecords:
             *(f"queried_class_{c}" for c in k),
         ]
 
-    def add_queries(self, cycle: int, indices: Tensor, labels: Tensor) -> None:
-        """Records one labeling round: `[B]` dataset indices and their `[B]` labels."""
-        pairs = zip(indices.tolist(), labels.tolist(), strict=True)
-        self.queries.extend([cycle, index, label] for index, label in pairs)
-        atomic_write_text(self.queries_path, _csv_text(["cycle", "index", "label"], self.queries))
+    def write(
+        self,
+        results: list[dict[str, Any]],
+        label_rounds: list[Tensor],
+        targets: Tensor,
+        summary: dict[str, Any],
+    ) -> None:
+        """Rewrites results.csv, queries.csv and run_summary.json.
 
-    def add_result(self, row: dict[str, Any]) -> None:
-        """Appends one cycle's row (keys = `result_columns`) and rewrites results.csv."""
-        missing = set(self.result_columns) - set(row)
-        if missing:
-            raise KeyError(f"result row lacks {sorted(missing)}")
-        self.results.append(row)
-        body = [[r[c] for c in self.result_columns] for r in self.results]
+        Args:
+            results: one row per completed cycle (keys = `result_columns`).
+            label_rounds: `[B_r]` dataset indices labeled in round r (round 0 = initial set).
+            targets: `[N]` labels of the training split.
+            summary: the run_summary.json object.
+        """
+        for row in results:
+            missing = set(self.result_columns) - set(row)
+            if missing:
+                raise KeyError(f"result row lacks {sorted(missing)}")
+        body = [[r[c] for c in self.result_columns] for r in results]
+        queries = [
+            [cycle, index, label]
+            for cycle, indices in enumerate(label_rounds)
+            for index, label in zip(indices.tolist(), targets[indices].tolist(), strict=True)
+        ]
+        atomic_write_text(self.queries_path, _csv_text(["cycle", "index", "label"], queries))
         atomic_write_text(self.results_path, _csv_text(self.result_columns, body))
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,76 @@
+"""A logger wrapper that keeps steps increasing across AL cycles."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any
+
+from pytorch_lightning.loggers import Logger
+
+
+class CycleStepLogger(Logger):
+    """Delegates to `inner`, adding `offset` to every step Lightning logs.
+
+    Each cycle has a fresh Trainer whose global step restarts at 0; W&B drops steps that do
+    not increase, and CSV/W&B charts would overlay the cycles. With the offset the per-epoch
+    curves of successive cycles follow each other on one axis, and `al/cycle` tells them apart.
+
+    Args:
+        inner: the configured Lightning logger.
+        offset: the step the first cycle run by this process starts at (non-zero on resume).
+    """
+
+    def __init__(self, inner: Logger, offset: int = 0) -> None:
+        super().__init__()
+        self.inner = inner
+        self.offset = offset
+        self.cycle = 0
+
+    def start_cycle(self, cycle: int) -> None:
+        self.cycle = cycle
+
+    def end_cycle(self, global_step: int) -> None:
+        """Moves the offset past the steps of the cycle that just ended."""
+        self.offset += global_step + 1
+
+    @property
+    def name(self) -> str | None:
+        return self.inner.name
+
+    @property
+    def version(self) -> int | str | None:
+        return self.inner.version
+
+    @property
+    def save_dir(self) -> str | None:
+        return self.inner.save_dir
+
+    @property
+    def root_dir(self) -> str | None:
+        return self.inner.root_dir
+
+    @property
+    def log_dir(self) -> str | None:
+        return self.inner.log_dir
+
+    @property
+    def experiment(self) -> Any:
+        return getattr(self.inner, "experiment", None)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None:  # per-cycle `al/*` values, charted against al/num_labeled
+            self.inner.log_metrics(dict(metrics))
+            return
+        self.inner.log_metrics({**metrics, "al/cycle": self.cycle}, step + self.offset)
+
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        self.inner.log_hyperparams(params, *args, **kwargs)
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        self.inner.finalize(status)
