@@ -245,6 +245,7 @@ def test_loggers_record_the_per_cycle_accuracy(
         assert b"adhoc" in blob and b"tidal_margin-synthetic-ir1-seed0" in blob
         assert b"seed=0" in blob and b"imbalance_ratio=1" in blob
         assert b"pool_subset" in blob
+        assert b"al/queried_class_histogram" in blob and b"al/learning_curve" in blob
 
 
 def wandb_items(blob: bytes) -> dict[str, list[float]]:

@@ -6,7 +6,7 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 
 class CycleStepLogger(Logger):
@@ -63,6 +63,25 @@ class CycleStepLogger(Logger):
             self.inner.log_metrics(dict(metrics))
             return
         self.inner.log_metrics({**metrics, "al/cycle": self.cycle}, step + self.offset)
+
+    def log_class_histogram(self, key: str, counts: list[int]) -> None:
+        """A per-class count histogram, for loggers that chart one (W&B); others have the
+        counts as `al/queried_class_<k>` scalars already."""
+        experiment = self.experiment
+        if isinstance(self.inner, WandbLogger) and experiment is not None:
+            import numpy as np
+            import wandb
+
+            edges = np.arange(len(counts) + 1) - 0.5  # one bin per class index
+            experiment.log({key: wandb.Histogram(np_histogram=(np.asarray(counts), edges))})
+
+    def log_learning_curve(self, rows: list[dict[str, Any]]) -> None:
+        """The run's learning curve as one table (W&B); CSV loggers have it row by row."""
+        if isinstance(self.inner, WandbLogger):
+            columns = ["cycle", "num_labeled", "test_acc"]
+            self.inner.log_table(
+                "al/learning_curve", columns, [[r[c] for c in columns] for r in rows]
+            )
 
     def log_hyperparams(
         self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any

@@ -327,6 +327,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         state.save(run_dir)
         records.write(state.results, state.label_rounds, targets, state.summary)
         _log_cycle(logger, row)
+        if logger is not None and subset is not None:
+            histogram = [row[f"queried_class_{c}"] for c in range(num_classes)]
+            logger.log_class_histogram("al/queried_class_histogram", histogram)
         log.info(
             "cycle %d/%d | labeled %d | test acc %.4f | train %.1fs | query %s",
             cycle + 1,
@@ -344,6 +347,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     state.save(run_dir)
     records.write(state.results, state.label_rounds, targets, state.summary)
     if logger is not None:
+        logger.log_learning_curve(state.results)
         logger.finalize("success")
         # Lightning leaves W&B runs open until interpreter exit; close it so the run's files
         # (summary included) are complete when `run` returns, e.g. between sweep jobs.
