@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from omegaconf import DictConfig, open_dict
 from tidal_lightning import resolvers
 from tidal_lightning.__main__ import config_dir
 
+REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(config_dir())
 STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -42,3 +46,26 @@ def smoke_config(tmp_path: Path) -> Callable[..., DictConfig]:
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def run_cli(
+    *args: str,
+    cwd: Path,
+    entry: Sequence[str] = ("-m", "tidal_lightning"),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python <entry> <args>` in a subprocess, as a user runs it, importing this checkout.
+
+    W&B's service address is dropped from the environment: a W&B run earlier in the pytest
+    process leaves it set, and a child would otherwise share that service (which keeps a killed
+    child's run id in use).
+    """
+    inherited = {k: v for k, v in os.environ.items() if "WANDB_SERVICE" not in k}
+    return subprocess.run(
+        [sys.executable, *entry, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**inherited, "PYTHONPATH": str(REPO), **(env or {})},
+    )

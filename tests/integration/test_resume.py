@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 SMOKE = ("+experiment=smoke", "strategy=dispersion", "al.cycles=3")
 # wall-clock columns: they differ between any two runs, interrupted or not
 TIMING = {
@@ -68,21 +67,10 @@ main()
 
 
 def cli(*args: str, cwd: Path, kill: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", HARNESS, kill] if kill else [sys.executable, "-m"]
-    return subprocess.run(
-        [*command, *(["tidal_lightning"] if not kill else []), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**child_env(), "PYTHONPATH": str(REPO)},
+    """The CLI; with `kill`, through the harness with that kill point armed."""
+    return run_cli(
+        *args, cwd=cwd, entry=("-c", HARNESS, kill) if kill else ("-m", "tidal_lightning")
     )
-
-
-def child_env() -> dict[str, str]:
-    """This environment minus W&B's service address: a W&B run earlier in this pytest process
-    leaves it set, and a child would share that service, which still holds a killed run's id."""
-    return {k: v for k, v in os.environ.items() if "WANDB_SERVICE" not in k}
 
 
 def without_timings(path: Path) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, compose_config, run_cli
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
 from tidal_lightning.data.longtail import long_tail_counts
 from tidal_lightning.report import build_report
@@ -253,14 +252,7 @@ TINY_SWEEP = (
 
 
 def sweep_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tidal_lightning", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def job_folders(sweep: Path) -> list[Path]:
