@@ -112,7 +112,8 @@ def pool_size(datamodule: object, cfg: DictConfig) -> tuple[int, int, int]:
 
 
 def test_the_sweep_registry_is_the_declared_one() -> None:
-    assert {*TIDAL_SWEEPS, *DISPERSION_SWEEPS, "fashion_mnist_cpu", "smoke"} == set(SWEEPS)
+    cpu_sweeps = {"fashion_mnist_cpu", "fashion_mnist_cpu_lt", "smoke"}
+    assert {*TIDAL_SWEEPS, *DISPERSION_SWEEPS, *cpu_sweeps} == set(SWEEPS)
 
 
 @pytest.mark.parametrize("name", SWEEPS)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# fashion_mnist_cpu on a long-tailed pool (imbalance ratios 10 and 100), 11 strategies, seed 0.
+# Grid: conf/sweep/fashion_mnist_cpu_lt.yaml; more arguments go to Hydra (launcher, narrower grid).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+exec "$PY" -m tidal_lightning +sweep=fashion_mnist_cpu_lt -m "$@"
