@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install data demo test test-fast lint format clean
+.PHONY: help install data demo test test-fast lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: install ## the full test suite (what CI runs)
 
 test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
+
+bench: install ## speed benchmark side by side (TD overhead, Lightning vs raw, data path, scoring): bench.json
+	$(PY) -m tidal_lightning.bench $(BENCH_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check tidal_lightning tests

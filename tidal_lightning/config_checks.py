@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tidal_lightning.errors import ConfigError
 
 INITIAL_MODES = ("random", "class_balanced")
+CHECKPOINT_CHOICES = ("all", "last", "none")
 
 
 def _is_int(value: object) -> bool:
@@ -16,7 +17,10 @@ def _is_int(value: object) -> bool:
 def validate_config(cfg: DictConfig) -> None:
     """Raises `ConfigError` listing every bad key, its value and what is allowed."""
     al = cfg.al
-    problems = []
+    problems = [
+        f"{key}: must be set (e.g. dataset.root=<your image folder> with dataset=image_folder)"
+        for key in sorted(OmegaConf.missing_keys(cfg))
+    ]
     for key, minimum in (("initial", 1), ("budget", 1), ("cycles", 1), ("pool_subset", 1)):
         value = al.get(key)
         if not _is_int(value) or value < minimum:
@@ -31,6 +35,10 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append(
             f"al.initial_mode={al.get('initial_mode')!r}: must be one of {INITIAL_MODES}"
         )
+    if al.get("checkpoints", "all") not in CHECKPOINT_CHOICES:
+        problems.append(
+            f"al.checkpoints={al.get('checkpoints')!r}: must be one of {CHECKPOINT_CHOICES}"
+        )
     if not isinstance(al.get("warm_start"), bool):
         problems.append(f"al.warm_start={al.get('warm_start')!r}: must be true or false")
     ratio = cfg.dataset.get("imbalance_ratio")
@@ -44,6 +52,14 @@ def validate_config(cfg: DictConfig) -> None:
     td_weight = cfg.model.get("td_weight")
     if isinstance(td_weight, bool) or not isinstance(td_weight, int | float) or td_weight < 0:
         problems.append(f"model.td_weight={td_weight!r}: must be a number >= 0")
+    devices = cfg.trainer.get("devices", 1)
+    if devices != 1:
+        # The tracker, the recorder and the pool pass are DDP-correct (tests/integration/
+        # test_ddp.py), but the loop's run-folder writes are not rank-gated yet.
+        problems.append(
+            f"trainer.devices={devices!r}: an AL run trains on one device; use trainer.devices=1 "
+            "(several runs in parallel: a sweep with one job per device)"
+        )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

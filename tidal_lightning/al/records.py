@@ -37,7 +37,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -124,6 +124,7 @@ class RunRecords:
             "record_overhead",
             "td_pool_kl",
             "td_pool_spearman",
+            "td_pool_margin_spearman",
             *(f"labeled_class_{c}" for c in k),
             *(f"queried_class_{c}" for c in k),
         ]
@@ -140,7 +141,7 @@ class RunRecords:
         Args:
             results: one row per completed cycle (keys = `result_columns`).
             label_rounds: `[B_r]` dataset indices labeled in round r (round 0 = initial set).
-            targets: `[N]` labels of the training split.
+            targets: `[N]` labels of the training split (-1: not known yet).
             summary: the run_summary.json object.
         """
         for row in results:
@@ -149,10 +150,11 @@ class RunRecords:
                 raise KeyError(f"result row lacks {sorted(missing)}")
         body = [[r[c] for c in self.result_columns] for r in results]
         queries = [
-            [cycle, index, label]
+            # a label still awaited from a person (oracle=file) is blank
+            [cycle, index, label if label >= 0 else ""]
             for cycle, indices in enumerate(label_rounds)
             for index, label in zip(indices.tolist(), targets[indices].tolist(), strict=True)
         ]
-        atomic_write_text(self.queries_path, _csv_text(["cycle", "index", "label"], queries))
-        atomic_write_text(self.results_path, _csv_text(self.result_columns, body))
+        atomic_write_text(self.queries_path, csv_text(["cycle", "index", "label"], queries))
+        atomic_write_text(self.results_path, csv_text(self.result_columns, body))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tidal_lightning import distributed
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.strategies import scores
@@ -15,6 +16,10 @@ from tidal_lightning.strategies.base import (
     POOL_PASS_OUTPUTS,
     PoolOutputs,
 )
+
+# Outputs drawn with the caller's generator: their masks depend on the batches that came
+# before, so a sharded pass could not reproduce one process's draws.
+_RANDOM_OUTPUTS = frozenset({"mc_mean_probs", "mc_mean_entropy"})
 
 
 def model_pass(
@@ -30,23 +35,40 @@ def model_pass(
 
     Batches of `datamodule.eval_batch_size` bound memory; outputs stay on `device`.
 
+    Under DDP every rank must call this with the same arguments: each predicts its strided
+    shard of `indices` (padded by one sample where it is one short, so all ranks send the
+    same shape), with rank 0's BatchNorm statistics, and one all-gather per output
+    reassembles the whole, in order, on every rank. The MC-dropout outputs are the
+    exception: they consume `generator` batch after batch, so every rank runs the whole
+    pass to draw exactly one process's masks.
+
     Args:
         indices: `[N]` dataset indices.
         needs: names from `POOL_PASS_OUTPUTS` (see `ActiveLearningSystem.predict_batch`).
         mc_samples, generator: for the MC-dropout outputs.
 
     Returns:
-        Each needed output, `[N, ...]` on `device`.
+        Each needed output, `[N, ...]` on `device` (the same on every rank).
     """
     if not needs:
         return {}
     system.to(device).eval()
+    distributed.broadcast_buffers_(system)
+    sharded = distributed.is_distributed() and len(indices) > 0 and not needs & _RANDOM_OUTPUTS
+    local = indices
+    if sharded:
+        positions = distributed.shard(len(indices))
+        rows = distributed.shard_size(len(indices), distributed.world_size(), 0)
+        local = torch.cat([indices[positions], indices[:1].expand(rows - len(positions))])
     batches: list[dict[str, Tensor]] = []
-    for start in range(0, len(indices), datamodule.eval_batch_size):
-        batch = indices[start : start + datamodule.eval_batch_size]
+    for start in range(0, len(local), datamodule.eval_batch_size):
+        batch = local[start : start + datamodule.eval_batch_size]
         images = datamodule.normalize(datamodule.train_images[batch].to(device))
         batches.append(system.predict_batch(images, needs, mc_samples, generator))
-    return {name: torch.cat([b[name] for b in batches]) for name in needs}
+    outputs = {name: torch.cat([b[name] for b in batches]) for name in sorted(needs)}
+    if sharded:
+        outputs = {k: distributed.gather_strided(v, len(indices)) for k, v in outputs.items()}
+    return outputs
 
 
 def pool_pass(
@@ -89,13 +111,17 @@ def td_agreement(td_probs: Tensor, pool_td: Tensor) -> dict[str, float]:
         pool_td: `[N, K]` the recorded mean softmax (actual TD).
 
     Returns:
-        `td_pool_kl`: mean `KL(actual ‖ predicted)`; `td_pool_spearman`: rank correlation
-        between the entropies of the two (do they order the pool the same way?).
+        `td_pool_kl`: mean `KL(actual ‖ predicted)`; `td_pool_spearman` and
+        `td_pool_margin_spearman`: rank correlation between the entropies (margins) of the
+        two (do they order the pool the same way?).
     """
     kl = scores.kl_divergence(pool_td, td_probs).mean()
     return {
         "td_pool_kl": float(kl),
         "td_pool_spearman": spearman(scores.entropy(td_probs), scores.entropy(pool_td)),
+        "td_pool_margin_spearman": spearman(
+            scores.negative_margin(td_probs), scores.negative_margin(pool_td)
+        ),
     }
 
 

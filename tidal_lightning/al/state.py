@@ -30,7 +30,16 @@ RESUME_IGNORED_KEYS = (
     "dataset.root",
     "dataset.download",
     "trainer.enable_progress_bar",
+    # which file the labels are imported from, and where Label Studio serves images from
+    "oracle.labels",
+    "oracle.document_root",
 )
+
+# Keys added after runs were already started: a saved config without one ran as this value.
+ADDED_KEY_DEFAULTS = {
+    "oracle._target_": "tidal_lightning.al.oracle.SimulatedOracle",
+    "al.checkpoints": "all",
+}
 
 
 @dataclass
@@ -48,6 +57,10 @@ class RunState:
         rng: torch, numpy and Python RNG states at the end of the last completed cycle.
         logger_id: the W&B run id, so a resumed run logs into the same W&B run.
         logger_step: where the next cycle's logged steps start (steps increase across cycles).
+        round_labels: `[B_r]` the labels of `label_rounds[r]` as the oracle gave them; a
+            round awaiting labels has none yet (runs from before this field have none).
+        pending: the label request the run stopped for (`oracle=file`), see
+            `LabelRequest.to_state`; its samples are the last label round. None: none.
     """
 
     config: dict[str, Any]
@@ -60,6 +73,8 @@ class RunState:
     rng: dict[str, Any] = field(default_factory=dict)
     logger_id: str = ""
     logger_step: int = 0
+    round_labels: list[Tensor] = field(default_factory=list)
+    pending: dict[str, Any] | None = None
 
     def save(self, run_dir: Path) -> None:
         """Writes `state.pt` to a temp file, fsyncs and renames it into place."""
@@ -90,6 +105,9 @@ class RunState:
     def check_same_config(self, config: dict[str, Any], run_dir: Path) -> None:
         """Refuses to resume with a config that would compute something else."""
         before, now = _flatten(self.config), _flatten(config)
+        for key, default in ADDED_KEY_DEFAULTS.items():
+            if not any(k == key or k.startswith(key + ".") for k in before):
+                before.setdefault(key, default)
         changed = sorted(
             key
             for key in before.keys() | now.keys()

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from tidal_lightning import distributed
+
 if TYPE_CHECKING:
     from tidal_lightning.models.system import ActiveLearningSystem
 
@@ -21,6 +23,11 @@ class PoolDynamicsRecorder(pl.Callback):
     dispersion, Bengar et al. 2021) and, optionally, the sum of the softmax (the pool
     samples' actual training dynamics, which TiDAL's module approximates). The pass runs
     in eval mode and draws no random numbers, so recording does not change training.
+
+    Under DDP each rank predicts its strided shard of the subset (with rank 0's BatchNorm
+    statistics, so the shards agree with one process) and the epoch's counts and softmax
+    sums are summed over the ranks (one `all_reduce` each per recorded epoch): every rank
+    holds the full buffers, each sample counted once per recorded epoch.
 
     Args:
         images: `[N, C, H, W]` uint8 images of the pool subset, in scoring order.
@@ -53,11 +60,19 @@ class PoolDynamicsRecorder(pl.Callback):
         self.prob_sums = torch.zeros(n, num_classes) if record_probs else None  # [N, K]
         self.recorded_epochs = 0
         self.seconds = 0.0  # wall time spent in the pool passes, summed over epochs
+        self._positions = torch.arange(n)  # [N_r] this rank's rows of the subset
+        self._shard_images = images  # [N_r, C, H, W] their images (on the device during fit)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
-        # Moved once per cycle: the per-epoch pass then reads images already on the device.
-        self.images = self.images.to(device)
+        positions = distributed.shard(len(self.images))  # [N_r]
+        self._positions = positions.to(device)
+        # Moved once per cycle (this rank's shard only): the per-epoch pass then reads
+        # images already on the device.
+        shard = self.images
+        if distributed.is_distributed():
+            shard = self.images[positions.to(self.images.device)]
+        self._shard_images = shard.to(device)
         self.label_counts = self.label_counts.to(device)
         if self.prob_sums is not None:
             self.prob_sums = self.prob_sums.to(device)
@@ -68,18 +83,23 @@ class PoolDynamicsRecorder(pl.Callback):
         self._synchronize(pl_module.device)
         started = time.perf_counter()
         system = cast("ActiveLearningSystem", pl_module)
+        distributed.broadcast_buffers_(system)
         was_training = system.training
         system.eval()
-        for start in range(0, len(self.images), self.batch_size):
-            batch = self.normalize(self.images[start : start + self.batch_size])
+        counts = torch.zeros_like(self.label_counts)  # this epoch's, [N, K]
+        prob_sums = torch.zeros_like(self.prob_sums) if self.prob_sums is not None else None
+        for start in range(0, len(self._shard_images), self.batch_size):
+            batch = self.normalize(self._shard_images[start : start + self.batch_size])
             probs = system.predict_batch(batch)["probs"]
-            counts = self.label_counts[start : start + self.batch_size]
-            counts.scatter_add_(
-                1, probs.argmax(dim=1, keepdim=True), torch.ones_like(counts[:, :1])
-            )
-            if self.prob_sums is not None:
-                self.prob_sums[start : start + self.batch_size] += probs
+            rows = self._positions[start : start + self.batch_size]
+            predicted = probs.argmax(dim=1)
+            counts[rows, predicted] = 1  # rows are distinct: one label per sample
+            if prob_sums is not None:
+                prob_sums[rows] = probs
         system.train(was_training)
+        self.label_counts += distributed.all_reduce_sum_(counts)
+        if self.prob_sums is not None and prob_sums is not None:
+            self.prob_sums += distributed.all_reduce_sum_(prob_sums)
         self.recorded_epochs += 1
         # One synchronisation per epoch (not per batch) so the reported cost is real on a GPU.
         self._synchronize(pl_module.device)

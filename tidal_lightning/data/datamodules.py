@@ -2,8 +2,10 @@
 
 The AL loop needs index-level control over which samples are trained on each cycle,
 so every datamodule exposes its splits as tensors and serves the current labeled
-subset through `TensorBatchLoader`. Augmentation and normalisation run batched in
-`on_after_batch_transfer`, i.e. on the accelerator.
+subset through `TensorBatchLoader`. The loaders read the split from the trainer's device
+(`split_on`: copied there once, then kept), so a batch is one index op on the device and
+Lightning's batch transfer has nothing to copy. Augmentation and normalisation run batched
+in `on_after_batch_transfer`, on the same device.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class ImageClassificationData(pl.LightningDataModule):
         self._cycle = 0
         self._augment_generator: torch.Generator | None = None
         self._normalizers: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        # (split name, device) -> (the host tensors copied, their copies on the device)
+        self._device_splits: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------- reading
     @abstractmethod
@@ -132,10 +136,42 @@ class ImageClassificationData(pl.LightningDataModule):
         self._seed, self._cycle = seed, cycle
         self._augment_generator = None
 
+    def split_on(self, device: torch.device | str, train: bool = True) -> tuple[Tensor, Tensor]:
+        """The whole split, `[N, C, H, W]` uint8 images and `[N]` targets, on `device`.
+
+        Copied once per device and kept (CIFAR-10's training split is 150 MB as uint8), so
+        every later cycle, batch gather and pool pass reads it where the model runs; on the
+        split's own device this is the split itself, no copy. A split replaced after the
+        copy (a subclass re-reading it) is copied again.
+        """
+        device = torch.device(device)
+        images, targets = (
+            (self.train_images, self.train_targets)
+            if train
+            else (self.test_images, self.test_targets)
+        )
+        if images.device == device:
+            return images, targets
+        key = ("train" if train else "test", device)
+        cached = self._device_splits.get(key)
+        if cached is None or cached[0] is not images:
+            # drop the stale copy first, so two copies never sit on the device at once
+            self._device_splits.pop(key, None)
+            cached = (images, images.to(device), targets.to(device))
+            self._device_splits[key] = cached
+        return cached[1], cached[2]
+
+    def _loader_device(self, split: Tensor) -> torch.device:
+        """The attached trainer's device; without one (a loader built by hand), the split's."""
+        if self.trainer is None:
+            return split.device
+        return self.trainer.strategy.root_device
+
     def train_dataloader(self) -> TensorBatchLoader:
+        images, targets = self.split_on(self._loader_device(self.train_images), train=True)
         return TensorBatchLoader(
-            self.train_images,
-            self.train_targets,
+            images,
+            targets,
             self.labeled_indices,
             self.batch_size,
             shuffle=True,
@@ -143,8 +179,9 @@ class ImageClassificationData(pl.LightningDataModule):
         )
 
     def test_dataloader(self) -> TensorBatchLoader:
-        every = torch.arange(len(self.test_targets))
-        return TensorBatchLoader(self.test_images, self.test_targets, every, self.eval_batch_size)
+        images, targets = self.split_on(self._loader_device(self.test_images), train=False)
+        every = torch.arange(len(targets))
+        return TensorBatchLoader(images, targets, every, self.eval_batch_size)
 
     # ------------------------------------------------------- device-side work
     def normalize(self, images: Tensor) -> Tensor:

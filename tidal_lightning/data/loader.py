@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from tidal_lightning import distributed
+from tidal_lightning.errors import ConfigError
+
 
 class TensorBatchLoader:
     """Yields `(images, targets, indices)` batches of a subset of an in-memory split.
@@ -15,15 +18,25 @@ class TensorBatchLoader:
     sample; this gathers a whole batch with one indexing op, on whatever device the
     tensors live on.
 
+    Under DDP (a process group of W > 1 processes) every rank draws the same epoch
+    permutation from its identically seeded `generator` and keeps its strided shard, as
+    `DistributedSampler` does, but without padding: shards are disjoint and cover the subset
+    exactly once per epoch. `batch_size` is per rank (Lightning's convention), and every rank
+    yields the same number of batches (DDP needs equal step counts): the count the shortest
+    shard gives, the longer shards' extra sample joining their last batch.
+
     Args:
-        images: `[N, C, H, W]` uint8, the whole split.
-        targets: `[N]` int64.
+        images: `[N, C, H, W]` uint8, the whole split (CPU or the device).
+        targets: `[N]` int64, on the images' device.
         indices: `[M]` int64 dataset indices of the subset to iterate.
         batch_size: samples per batch; the last batch may be smaller, but never a single
             sample (BatchNorm cannot train on one): that one joins the batch before it, so
             every sample is still seen exactly once per epoch.
         shuffle: draw a new permutation of `indices` every epoch.
-        generator: CPU generator for the permutations (required when `shuffle`).
+        generator: CPU generator for the permutations (required when `shuffle`); drawing on
+            the CPU keeps the order the same whatever device the images are on.
+        num_replicas, replica: W and this rank; default to the process group's, read at
+            iteration time (1 and 0 without one).
     """
 
     def __init__(
@@ -34,6 +47,9 @@ class TensorBatchLoader:
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        *,
+        num_replicas: int | None = None,
+        replica: int | None = None,
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling loader needs an explicit generator")
@@ -43,22 +59,39 @@ class TensorBatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
+        self.num_replicas = num_replicas
+        self.replica = replica
 
-    def _starts(self) -> list[int]:
-        starts = list(range(0, len(self.indices), self.batch_size))
-        if len(starts) > 1 and len(self.indices) - starts[-1] == 1:
+    def _replicas(self) -> tuple[int, int]:
+        replicas = distributed.world_size() if self.num_replicas is None else self.num_replicas
+        replica = distributed.rank() if self.replica is None else self.replica
+        if replicas > 1 and len(self.indices) // replicas < 2:
+            raise ConfigError(
+                f"{len(self.indices)} samples cannot give each of {replicas} processes at least "
+                "2 (a 1-sample batch breaks BatchNorm): lower trainer.devices or label more "
+                "samples (al.initial)"
+            )
+        return replicas, replica
+
+    def _starts(self, count: int) -> list[int]:
+        starts = list(range(0, count, self.batch_size))
+        if len(starts) > 1 and count - starts[-1] == 1:
             starts.pop()
         return starts
 
     def __len__(self) -> int:
-        return len(self._starts())
+        replicas, _ = self._replicas()
+        # the shortest shard sets the count, so that every rank agrees on it
+        return len(self._starts(len(self.indices) // replicas))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        replicas, replica = self._replicas()
         order = self.indices
         if self.shuffle:
+            # every rank draws (the same permutation), so generators stay in step across ranks
             order = order[torch.randperm(len(order), generator=self.generator)]
-        order = order.to(self.images.device)
-        starts = self._starts()
+        order = order[replica::replicas].to(self.images.device)
+        starts = self._starts(len(self.indices) // replicas)
         for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
             batch = order[start:end]
             yield self.images[batch], self.targets[batch], batch

@@ -8,6 +8,7 @@ measure distances in, and `dropout_p` the dropout before the classifier that BAL
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -16,8 +17,12 @@ class Backbone(nn.Module):
     """Interface: `forward(x [B, C_in, H, W]) -> (logits [B, K], [4 maps [B, C_s, H_s, W_s]])`.
 
     Subclasses build `stem`, the four `stages` and the `linear` classifier, and call
-    `_set_dropout`; the forward pass (stem, stages, global average pooling, dropout,
-    classifier) is shared.
+    `_set_dropout` and `_set_speed_options`; the forward pass (stem, stages, global average
+    pooling, dropout, classifier) is shared.
+
+    Speed options (results equal within float tolerance; the system applies them):
+    `channels_last` keeps weights and inputs NHWC, `compile_forward` asks for
+    `torch.compile` of `forward`.
     """
 
     stage_channels: tuple[int, ...]
@@ -26,6 +31,12 @@ class Backbone(nn.Module):
     linear: nn.Linear
     dropout: nn.Module
     dropout_p: float
+    channels_last: bool = False
+    compile_forward: bool = False
+
+    def _set_speed_options(self, channels_last: bool, compile: bool) -> None:
+        self.channels_last = bool(channels_last)
+        self.compile_forward = bool(compile)
 
     def _set_dropout(self, p: float) -> None:
         if not 0.0 <= p < 1.0:
@@ -37,16 +48,28 @@ class Backbone(nn.Module):
 
     def embed(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """`x [B, C_in, H, W]` -> (pooled embedding `[B, D]`, the four stage maps)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.stem(x)
         features = []
         for stage in self.stages:
             out = stage(out)
             features.append(out)
-        return F.adaptive_avg_pool2d(out, 1).flatten(1), features
+        return global_average_pool(out).flatten(1), features
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         embedding, features = self.embed(x)
         return self.linear(self.dropout(embedding)), features
+
+
+def global_average_pool(maps: Tensor) -> Tensor:
+    """`[B, C, H, W]` -> `[B, C, 1, 1]` spatial mean.
+
+    Written as a sum scaled on the small `[B, C, 1, 1]` result: its backward is then a
+    broadcast view, where `adaptive_avg_pool2d(x, 1)` (a mean) divides a full-size
+    `[B, C, H, W]` gradient, one extra pass over the largest tensors of the step.
+    """
+    return maps.sum(dim=(2, 3), keepdim=True) * (1.0 / (maps.shape[2] * maps.shape[3]))
 
 
 class BasicBlock(nn.Module):
@@ -75,13 +98,23 @@ class ResNet18(Backbone):
         num_classes: K.
         in_channels: 1 (Fashion-MNIST) or 3.
         dropout: dropout probability before the classifier (0 = none; BALD trains with it).
+        channels_last: NHWC weights and inputs (faster convolutions on tensor-core GPUs).
+        compile: `torch.compile` the forward pass (`model.compile`).
     """
 
     stage_channels = (64, 128, 256, 512)
 
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self._set_dropout(dropout)
+        self._set_speed_options(channels_last, compile)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
         )
@@ -104,13 +137,22 @@ class SmallCNN(Backbone):
         in_channels: 1 or 3.
         width: channels of the first stage; each later stage doubles it.
         dropout: dropout probability before the classifier (0 = none; BALD trains with it).
+        channels_last: NHWC weights and inputs.
+        compile: `torch.compile` the forward pass (`model.compile`).
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, width: int = 16, dropout: float = 0.0
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 16,
+        dropout: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self._set_dropout(dropout)
+        self._set_speed_options(channels_last, compile)
         self.stage_channels = tuple(width * 2**s for s in range(4))
         self.stem = nn.Identity()
         stages = []

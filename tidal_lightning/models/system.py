@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
-from tidal_lightning.models.backbones import Backbone
+from tidal_lightning.models.backbones import Backbone, global_average_pool
 from tidal_lightning.models.loss_prediction import ranking_loss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -38,6 +38,14 @@ class ActiveLearningSystem(pl.LightningModule):
         loss_margin: margin of the ranking loss (1 in the paper).
         loss_detach_epoch: from this epoch on the loss module sees detached stage maps, so
             its gradient no longer shapes the backbone (epoch 120 of 200 in the paper).
+
+    The backbone's speed options (`model.channels_last`, `model.compile`, passed to the
+    backbone by its config) are applied here: NHWC weights, and `torch.compile` of the
+    backbone's forward (in place, so state-dict keys do not change).
+
+    Training losses are summed on the device per epoch and logged once at its end, as
+    batch-size-weighted means (what `self.log(..., on_epoch=True)` reports): a per-step
+    `self.log` costs more host time per step than the whole TD module's bookkeeping.
     """
 
     def __init__(
@@ -69,6 +77,14 @@ class ActiveLearningSystem(pl.LightningModule):
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_accuracy = MulticlassAccuracy(num_classes, average=None)
         self.per_class_accuracy: Tensor | None = None
+        # [number of logged losses] batch-size-weighted sums and the samples seen this epoch
+        self._loss_names: tuple[str, ...] = ()
+        self._loss_sums: Tensor | None = None
+        self._samples_seen = 0
+        if backbone.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        if backbone.compile_forward:
+            backbone.compile()
 
     def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         return self.backbone(images)
@@ -85,12 +101,13 @@ class ActiveLearningSystem(pl.LightningModule):
             ce = ce_per_sample.mean()
         probs = logits.detach().float().softmax(dim=1)
         loss = ce
+        logged = {"train/ce": ce}
         if self.td_module is not None and self.td_tracker is not None:
             target = self.td_tracker.running_mean_target(indices, probs)
-            td_log_probs = F.log_softmax(self.td_module(features).float(), dim=1)
+            td_log_probs = F.log_softmax(self._td_logits(features).float(), dim=1)
             td_kl = F.kl_div(td_log_probs, target, reduction="batchmean")
             loss = ce + self.hparams["td_weight"] * td_kl
-            self.log("train/td_kl", td_kl, on_step=False, on_epoch=True)
+            logged["train/td_kl"] = td_kl
         if self.loss_module is not None:
             if self.current_epoch >= self.hparams["loss_detach_epoch"]:
                 features = [f.detach() for f in features]
@@ -100,10 +117,41 @@ class ActiveLearningSystem(pl.LightningModule):
                 self.hparams["loss_margin"],
             )
             loss = loss + self.hparams["loss_weight"] * rank
-            self.log("train/loss_rank", rank, on_step=False, on_epoch=True)
-        self.log("train/ce", ce, on_step=False, on_epoch=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            logged["train/loss_rank"] = rank
+        logged["train/loss"] = loss
+        self._accumulate_losses(logged, len(targets))
         return {"loss": loss, "probs": probs, "indices": indices}
+
+    def _td_logits(self, features: list[Tensor]) -> Tensor:
+        """TD-module logits `[B, K]` from the stage maps.
+
+        The TD module starts with global average pooling, so pooling here first gives the
+        same logits, with the cheaper-backward pool (`global_average_pool`); the module's
+        own pool then averages `[B, C, 1, 1]` maps, which costs nothing.
+        """
+        if self.td_module is None:
+            raise RuntimeError("TD-module outputs were asked for, but no TD module was trained")
+        return self.td_module([global_average_pool(f) for f in features])
+
+    def _accumulate_losses(self, losses: dict[str, Tensor], batch_size: int) -> None:
+        """Adds `batch_size * loss` to this epoch's on-device sums (no host sync)."""
+        values = torch.stack([v.detach().float() for v in losses.values()]) * batch_size
+        if self._loss_sums is None or self._loss_names != tuple(losses):
+            self._loss_names = tuple(losses)
+            self._loss_sums = torch.zeros_like(values)
+            self._samples_seen = 0
+        self._loss_sums += values
+        self._samples_seen += batch_size
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sums = None
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_sums is None or not self._samples_seen:
+            return
+        means = self._loss_sums / self._samples_seen
+        for name, value in zip(self._loss_names, means, strict=True):
+            self.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "train/loss")
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         images, targets, _ = batch
@@ -138,9 +186,7 @@ class ActiveLearningSystem(pl.LightningModule):
         if "embeddings" in needs:
             outputs["embeddings"] = embedding.float()
         if "td_probs" in needs:
-            if self.td_module is None:
-                raise RuntimeError("TD-module outputs were asked for, but no TD module was trained")
-            outputs["td_probs"] = self.td_module(features).float().softmax(dim=1)
+            outputs["td_probs"] = self._td_logits(features).float().softmax(dim=1)
         if "predicted_loss" in needs:
             if self.loss_module is None:
                 raise RuntimeError(

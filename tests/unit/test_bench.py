@@ -1,0 +1,89 @@
+"""`python -m tidal_lightning.bench --quick`: the bookkeeping of bench.json, never a timing."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from tidal_lightning import bench
+
+
+def test_median_ratio_is_the_median_of_per_repeat_ratios() -> None:
+    # per repeat: 2/1, 3/1, 10/2 -> median of (2, 3, 5) is 3; not median(a) / median(b) = 3 / 1
+    assert bench.median_ratio([2.0, 3.0, 10.0], [1.0, 1.0, 2.0]) == 3.0
+    assert bench.median_ratio([1.0, 4.0], [2.0, 2.0]) == 1.25
+
+
+@pytest.mark.slow
+def test_quick_run_writes_bench_json_with_consistent_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    times = results["epoch_seconds"]
+    repeats = results["settings"]["repeats"]
+    assert set(times) == set(bench.VARIANTS)
+    assert all(len(v) == repeats and all(t > 0 for t in v) for v in times.values())
+
+    def ratio(num: str, den: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+    assert results["td_overhead_ratio"] == pytest.approx(ratio("td", "plain"))
+    assert results["lightning_vs_raw_ratio"] == pytest.approx(ratio("td", "raw_td"))
+    assert results["data_path_ratio"] == pytest.approx(ratio("premade_td", "td"))
+    record = results["record_seconds_per_epoch"]
+    fractions = [r / (t - r) for r, t in zip(record, times["dispersion"], strict=True)]
+    assert results["dispersion_pool_pass_fraction"] == pytest.approx(statistics.median(fractions))
+    for key, target in results["targets"].items():
+        value, verdict = results[key], results["pass"][key]
+        assert isinstance(value, float) and isinstance(verdict, bool)
+        assert verdict == (
+            value <= target["value"] if target["op"] == "<=" else value >= target["value"]
+        )
+    for size in results["settings"]["scoring_sizes"]:
+        entry = results["scoring"][str(size)]
+        assert entry["samples_per_s"] == pytest.approx(size / entry["seconds"])
+        assert entry["peak_rss_mb"] > 0
+    data = results["old_vs_new"]
+    n = results["settings"]["labeled"]
+    assert data["pil_images_per_s"] == pytest.approx(
+        n / statistics.median(data["pil_epoch_seconds"])
+    )
+    assert data["speedup"] == pytest.approx(
+        statistics.median(
+            a / b
+            for a, b in zip(data["pil_epoch_seconds"], data["device_epoch_seconds"], strict=True)
+        )
+    )
+    machine = results["machine"]
+    assert {"device_name", "torch", "threads", "device"} <= set(machine)
+    settings = results["settings"]
+    assert settings["model"] == "small_cnn" and settings["image_shape"] == [1, 28, 28]
+    if not torch.cuda.is_available():
+        assert "skipped" in results["gpu_extra"]
+    table = capsys.readouterr().out
+    assert "PASS" in table or "FAIL" in table
+    assert f"{results['td_overhead_ratio']:.3f}" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_cuda_without_a_gpu_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(["--device", "cuda", "--out", str(tmp_path / "b.json")]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_official_style_loop_reports_images_per_second(tmp_path: Path) -> None:
+    from tidal_lightning import bench_official
+
+    out = tmp_path / "official.json"
+    args = ["--device", "cpu", "--labeled", "48", "--epochs", "1", "--batch-size", "16"]
+    assert bench_official.main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["epoch_seconds"]) == 2  # warm-up + 1 timed
+    assert result["images_per_s"] == pytest.approx(48 / result["epoch_seconds"][1])

@@ -1,0 +1,783 @@
+"""`python -m tidal_lightning.bench` (`make bench`): what the training and scoring paths cost.
+
+One run measures, side by side, on synthetic data (no dataset needed):
+
+1. epoch time with TiDAL's TD module and tracker vs the plain classifier;
+2. the Lightning loop vs a plain PyTorch loop doing the same work (same system, optimizer,
+   loader, augmentation, TD module and tracker updates, on-device loss sums);
+3. the real data path (device-resident uint8 split, batched crop/flip, normalisation) vs
+   pre-made normalised batches already on the device;
+4. label dispersion's per-epoch pool pass (`PoolDynamicsRecorder`) as a fraction of training;
+5. pool scoring (`al.scoring.model_pass`) throughput and peak memory for 10k, 100k, 1M pools;
+6. the per-sample PIL `DataLoader` path of the official TiDAL code vs the device path;
+
+plus, on CUDA, ResNet-18 training images/s for fp32 / bf16-mixed, channels_last, compile.
+
+Sections 1-4 run in repeats; every repeat trains each variant once, in an order rotated per
+repeat, and each ratio is the median of the per-repeat ratios, so machine noise hits all
+variants alike. Times are seconds per epoch, the mean of the epochs after a warm-up epoch.
+Results go to `bench.json` (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import Tensor
+
+from tidal_lightning.al.scoring import model_pass
+from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
+from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
+from tidal_lightning.data.datamodules import ImageClassificationData
+from tidal_lightning.data.loader import TensorBatchLoader
+from tidal_lightning.errors import ConfigError, TidalError
+from tidal_lightning.models.system import ActiveLearningSystem
+from tidal_lightning.seeding import make_generator
+from tidal_lightning.strategies.tidal_margin import TiDALMargin
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+if not (CONF / "model").is_dir():  # a non-editable install ships conf/ inside the package
+    CONF = Path(__file__).resolve().parent / "conf"
+
+TARGETS = {
+    "td_overhead_ratio": ("<=", 1.02),
+    "lightning_vs_raw_ratio": ("<=", 1.10),
+    "data_path_ratio": (">=", 0.90),
+}
+# The variants trained in every repeat of sections 1-4.
+VARIANTS = ("plain", "td", "raw_td", "premade_td", "dispersion")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one bench run trains on; recorded in bench.json."""
+
+    device: str
+    model: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    eval_batch_size: int
+    labeled: int  # training-set size of one epoch
+    pool: int  # pool subset the dispersion recorder predicts every epoch
+    epochs: int  # timed epochs per run, after one warm-up epoch
+    repeats: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    num_workers: int  # workers of the PIL DataLoader (section 6)
+    scoring_sizes: tuple[int, ...]
+    gpu_extra_labeled: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    quick: bool = False
+
+
+def default_settings(args: argparse.Namespace) -> Settings:
+    """The project's CPU recipe (fashion_mnist_cpu) on CPU, CIFAR-10 + ResNet-18 on CUDA."""
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    model = args.model or ("resnet18" if cuda else "small_cnn")
+    cifar = model == "resnet18"
+    settings = Settings(
+        device=str(device),
+        model=model,
+        image_shape=(3, 32, 32) if cifar else (1, 28, 28),
+        num_classes=10,
+        batch_size=128 if cifar else 64,
+        eval_batch_size=1024,
+        labeled=10_000 if cuda else 2048,
+        pool=10_000 if cuda else 5000,
+        epochs=2,
+        repeats=args.repeats or 5,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        num_workers=args.num_workers,
+        scoring_sizes=(10_000, 100_000, 1_000_000),
+        gpu_extra_labeled=10_000,
+        mean=(0.4914, 0.4822, 0.4465) if cifar else (0.2860,),
+        std=(0.2470, 0.2435, 0.2616) if cifar else (0.3530,),
+    )
+    if args.quick:
+        settings = replace(
+            settings,
+            batch_size=32,
+            eval_batch_size=256,
+            labeled=128,
+            pool=128,
+            epochs=1,
+            repeats=args.repeats or 2,
+            scoring_sizes=(256, 512, 1024),
+            gpu_extra_labeled=512,
+            quick=True,
+        )
+    if settings.repeats < 1:
+        raise ConfigError(f"--repeats={settings.repeats}: must be at least 1")
+    return settings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------ data
+class SyntheticSplit(ImageClassificationData):
+    """Random uint8 images of a given shape, generated chunk by chunk (bounded memory)."""
+
+    dataset_name = "bench-synthetic"
+
+    def __init__(
+        self,
+        num_train: int,
+        shape: tuple[int, int, int],
+        num_classes: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = (num_train, shape, num_classes)
+        self.mean, self.std = mean, std
+
+    def _read(self, train: bool) -> tuple[Tensor, Tensor, list[str]]:
+        num_train, shape, num_classes = self.spec
+        n = num_train if train else 64
+        generator = torch.Generator().manual_seed(int(train))
+        images = torch.empty(n, *shape, dtype=torch.uint8)
+        chunk = 65_536  # samples per generated chunk: no int64 temporary of the whole split
+        for start in range(0, n, chunk):
+            part = images[start : start + chunk]
+            part.copy_(torch.randint(0, 256, part.shape, dtype=torch.uint8, generator=generator))
+        targets = torch.randint(0, num_classes, (n,), generator=generator)
+        return images, targets, [f"class_{c}" for c in range(num_classes)]
+
+
+class _ListLoader:
+    """A fixed list of batches as a loader (a bare list would be read as several loaders)."""
+
+    def __init__(self, batches: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return iter(self.batches)
+
+
+class PremadeBatches(pl.LightningDataModule):
+    """One epoch of the real path's output (augmented, normalised, on the device), replayed."""
+
+    def __init__(self, batches: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> _ListLoader:
+        return _ListLoader(self.batches)
+
+
+def make_data(settings: Settings, num_train: int) -> SyntheticSplit:
+    data = SyntheticSplit(
+        num_train,
+        settings.image_shape,
+        settings.num_classes,
+        settings.mean,
+        settings.std,
+        batch_size=settings.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        pad=4,
+        flip=True,
+    )
+    data.load()
+    data.start_cycle(torch.arange(settings.labeled), seed=0, cycle=0)
+    return data
+
+
+def premade_batches(data: SyntheticSplit, device: torch.device) -> PremadeBatches:
+    images, targets = data.split_on(device)
+    loader = TensorBatchLoader(
+        images,
+        targets,
+        data.labeled_indices,
+        data.batch_size,
+        True,
+        make_generator(0, 0, "shuffle"),
+    )
+    batches = [(data.normalize(data.augment(x)), y, i) for x, y, i in loader]
+    data.start_cycle(data.labeled_indices, seed=0, cycle=0)  # rewinds the augment stream
+    return PremadeBatches(batches)
+
+
+# ---------------------------------------------------------------------------- models
+def model_config(settings: Settings) -> Any:
+    """conf/model/<model>.yaml with the bench's speed options (the CPU recipe's lr)."""
+    cfg = OmegaConf.create({"model": OmegaConf.load(CONF / "model" / f"{settings.model}.yaml")})
+    cfg.model.channels_last = settings.channels_last
+    cfg.model.compile = settings.compile
+    cfg.model.optimizer.lr = 0.05
+    return cfg.model
+
+
+def build_system(
+    settings: Settings,
+    num_train: int,
+    td: bool,
+    precision_options: tuple[bool, bool] | None = None,
+) -> ActiveLearningSystem:
+    """A freshly seeded system, as the AL loop builds it (same seed -> same weights)."""
+    torch.manual_seed(0)
+    model = model_config(settings)
+    if precision_options is not None:
+        model.channels_last, model.compile = precision_options
+    backbone = instantiate(
+        model.backbone, num_classes=settings.num_classes, in_channels=settings.image_shape[0]
+    )
+    td_module = tracker = None
+    if td:
+        td_module = instantiate(
+            model.td_module,
+            stage_channels=backbone.stage_channels,
+            num_classes=settings.num_classes,
+        )
+        tracker = TrainingDynamicsTracker(num_train, settings.num_classes)
+    return ActiveLearningSystem(
+        backbone,
+        settings.num_classes,
+        optimizer=instantiate(model.optimizer),
+        scheduler=instantiate(model.scheduler),
+        td_module=td_module,
+        td_tracker=tracker,
+        td_weight=float(model.td_weight),
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpochTimer(pl.Callback):
+    """Wall time of each epoch: from one epoch's start to the next (end hooks included)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def _stamp(self) -> None:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stamp()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stamp()
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+
+def make_trainer(
+    device: torch.device, epochs: int, callbacks: list[pl.Callback], precision: str
+) -> pl.Trainer:
+    """conf/trainer/default.yaml, without logger and progress bar (nothing to show)."""
+    cfg = OmegaConf.load(CONF / "trainer" / "default.yaml")
+    return instantiate(
+        cfg,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs,
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+    )
+
+
+def lightning_run(
+    settings: Settings,
+    data: SyntheticSplit,
+    td: bool,
+    premade: PremadeBatches | None = None,
+    pool_images: Tensor | None = None,
+    precision: str | None = None,
+    speed: tuple[bool, bool] | None = None,
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """Trains one warm-up epoch plus `epochs` timed ones with `trainer.fit`."""
+    device = torch.device(settings.device)
+    timed = settings.epochs if epochs is None else epochs
+    system = build_system(settings, len(data.train_targets), td, speed)
+    timer = EpochTimer(device)
+    callbacks: list[pl.Callback] = [timer]
+    if system.td_tracker is not None:
+        callbacks.append(system.td_tracker)
+    recorder = None
+    if pool_images is not None:
+        recorder = PoolDynamicsRecorder(
+            pool_images, data.normalize, settings.num_classes, settings.eval_batch_size
+        )
+        callbacks.append(recorder)
+    data.start_cycle(data.labeled_indices, seed=0, cycle=0)
+    trainer = make_trainer(device, 1 + timed, callbacks, precision or settings.precision)
+    trainer.fit(system, datamodule=premade if premade is not None else data)
+    seconds = timer.epoch_seconds
+    result: dict[str, Any] = {"first_epoch": seconds[0], "epoch": statistics.fmean(seconds[1:])}
+    if recorder is not None:
+        result["record_per_epoch"] = recorder.seconds / recorder.recorded_epochs
+    return result
+
+
+def raw_run(settings: Settings, data: SyntheticSplit, td: bool) -> dict[str, Any]:
+    """The same training as `lightning_run`, written as a plain PyTorch loop.
+
+    Same system (so the same `training_step` math: CE, softmax, TD target from the tracker,
+    TD module, KL, on-device loss sums), same optimizer and per-epoch scheduler, same loader
+    over the device-resident split, same augmentation and normalisation, same tracker hooks
+    (per batch and per epoch).
+    """
+    device = torch.device(settings.device)
+    system = build_system(settings, len(data.train_targets), td).to(device).train()
+    tracker = system.td_tracker
+    if tracker is not None:
+        tracker.on_fit_start(None, system)  # type: ignore[arg-type]  # moves its buffers
+    configured = system.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    data.start_cycle(data.labeled_indices, seed=0, cycle=0)
+    images, targets = data.split_on(device)
+    loader = TensorBatchLoader(
+        images,
+        targets,
+        data.labeled_indices,
+        data.batch_size,
+        shuffle=True,
+        generator=make_generator(0, 0, "shuffle"),
+    )
+    autocast = settings.precision == "bf16-mixed"
+    seconds = []
+    for _ in range(1 + settings.epochs):
+        synchronize(device)
+        started = time.perf_counter()
+        system.on_train_epoch_start()
+        if tracker is not None:
+            tracker.on_train_epoch_start(None, system)  # type: ignore[arg-type]
+        for batch_idx, (x, y, i) in enumerate(loader):
+            batch = (data.normalize(data.augment(x)), y, i)
+            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                out = system.training_step(batch, batch_idx)
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+            if tracker is not None:
+                tracker.on_train_batch_end(None, system, out, batch, batch_idx)  # type: ignore[arg-type]
+        if tracker is not None:
+            tracker.on_train_epoch_end(None, system)  # type: ignore[arg-type]
+        scheduler.step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return {"first_epoch": seconds[0], "epoch": statistics.fmean(seconds[1:])}
+
+
+# --------------------------------------------------------------------- sections 1-4
+def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """Median over repeats of the per-repeat ratio `numerators[r] / denominators[r]`."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
+def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Sections 1-4: every variant once per repeat (rotated order), after a warm-up."""
+    device = torch.device(settings.device)
+    data = make_data(settings, settings.labeled + settings.pool)
+    premade = premade_batches(data, device)
+    pool_images = data.train_images[settings.labeled :]
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "plain": lambda: lightning_run(settings, data, td=False),
+        "td": lambda: lightning_run(settings, data, td=True),
+        "raw_td": lambda: raw_run(settings, data, td=True),
+        "premade_td": lambda: lightning_run(settings, data, td=True, premade=premade),
+        "dispersion": lambda: lightning_run(settings, data, td=False, pool_images=pool_images),
+    }
+    log("warm-up: one run of each variant")
+    for name, run in runs.items():
+        if not settings.quick or name == "td":
+            run()
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    record: list[float] = []
+    for repeat in range(settings.repeats):
+        order = VARIANTS[repeat % len(VARIANTS) :] + VARIANTS[: repeat % len(VARIANTS)]
+        for name in order:
+            result = runs[name]()
+            times[name].append(result["epoch"])
+            if name == "dispersion":
+                record.append(result["record_per_epoch"])
+        log(
+            f"repeat {repeat + 1}/{settings.repeats}: "
+            + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in VARIANTS)
+        )
+    # the recorder's own seconds against the rest of the same epoch (the loop's record_overhead)
+    fractions = [r / (t - r) for r, t in zip(record, times["dispersion"], strict=True)]
+    return {
+        "epoch_seconds": times,
+        "record_seconds_per_epoch": record,
+        "td_overhead_ratio": median_ratio(times["td"], times["plain"]),
+        "lightning_vs_raw_ratio": median_ratio(times["td"], times["raw_td"]),
+        "data_path_ratio": median_ratio(times["premade_td"], times["td"]),
+        "dispersion_pool_pass_fraction": statistics.median(fractions),
+        "dispersion_epoch_ratio": median_ratio(times["dispersion"], times["plain"]),
+        "steps_per_epoch": len(premade.batches),
+    }
+
+
+# ------------------------------------------------------------------------- section 5
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def scoring_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """`model_pass` over synthetic pools, ascending sizes (so peak RSS is each size's)."""
+    device = torch.device(settings.device)
+    needs = TiDALMargin.needs
+    results: dict[str, Any] = {"needs": sorted(needs), "eval_batch_size": settings.eval_batch_size}
+    for size in settings.scoring_sizes:
+        data = make_data(settings, size)
+        system = build_system(settings, size, td=True)
+        indices = torch.arange(size)
+        model_pass(system, data, indices[: settings.eval_batch_size], needs, device)  # warm-up
+        repeats = 1 if size >= 1_000_000 else min(settings.repeats, 3)
+        seconds = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            outputs = model_pass(system, data, indices, needs, device)
+            synchronize(device)
+            seconds.append(time.perf_counter() - started)
+            del outputs
+        entry = {
+            "seconds": statistics.median(seconds),
+            "samples_per_s": size / statistics.median(seconds),
+            "pool_mb": data.train_images.numel() / 2**20,
+            "peak_rss_mb": peak_rss_mb(),
+            "repeats": repeats,
+        }
+        if device.type == "cuda":
+            entry["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        results[str(size)] = entry
+        log(f"scoring {size}: {entry['samples_per_s']:.0f} samples/s")
+        del data, system
+        gc.collect()
+    return results
+
+
+# ------------------------------------------------------------------------- section 6
+class PILImages(torch.utils.data.Dataset[tuple[Tensor, int, int]]):
+    """The torchvision-dataset way: one PIL image and a transform call per sample."""
+
+    def __init__(self, images: np.ndarray, targets: list[int], transform: Any) -> None:
+        self.images = images  # [N, H, W] or [N, H, W, C] uint8, as torchvision stores them
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        image = Image.fromarray(self.images[index])
+        return self.transform(image), self.targets[index], index
+
+
+def pil_loader(
+    data: ImageClassificationData, labeled: Tensor, num_workers: int, cuda: bool
+) -> torch.utils.data.DataLoader[Any]:
+    """Official-TiDAL-style loader: RandomCrop(pad 4), flip, ToTensor, Normalize per sample."""
+    import torchvision.transforms as T
+
+    size = data.train_images.shape[-1]
+    transform = T.Compose(
+        [
+            T.RandomCrop(size, padding=data.pad),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(data.mean, data.std),
+        ]
+    )
+    images = data.train_images.permute(0, 2, 3, 1).numpy()
+    if images.shape[-1] == 1:
+        images = images[..., 0]
+    dataset = PILImages(images, data.train_targets.tolist(), transform)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=data.batch_size,
+        sampler=torch.utils.data.SubsetRandomSampler(
+            labeled.tolist(), generator=torch.Generator().manual_seed(0)
+        ),
+        num_workers=num_workers,
+        pin_memory=cuda,
+    )
+
+
+def data_path_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Images/s of one epoch of batches delivered to the device, ready for the model."""
+    device = torch.device(settings.device)
+    data = make_data(settings, settings.labeled)
+    old = pil_loader(data, data.labeled_indices, settings.num_workers, device.type == "cuda")
+    images, targets = data.split_on(device)
+
+    def old_epoch() -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        for x, y, _ in old:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    def new_epoch() -> float:
+        loader = TensorBatchLoader(
+            images, targets, data.labeled_indices, data.batch_size, True, torch.Generator()
+        )
+        synchronize(device)
+        started = time.perf_counter()
+        for x, _, _ in loader:
+            data.normalize(data.augment(x))
+        synchronize(device)
+        return time.perf_counter() - started
+
+    old_epoch(), new_epoch()  # warm-up
+    old_s, new_s = [], []
+    for _ in range(settings.repeats):
+        old_s.append(old_epoch())
+        new_s.append(new_epoch())
+    n = settings.labeled
+    result = {
+        "num_workers": settings.num_workers,
+        "pil_epoch_seconds": old_s,
+        "device_epoch_seconds": new_s,
+        "pil_images_per_s": n / statistics.median(old_s),
+        "device_images_per_s": n / statistics.median(new_s),
+        "speedup": median_ratio(old_s, new_s),
+    }
+    old_rate, new_rate = result["pil_images_per_s"], result["device_images_per_s"]
+    log(f"data path: PIL {old_rate:.0f}/s, device {new_rate:.0f}/s")
+    return result
+
+
+# ---------------------------------------------------------------------------- GPU extra
+def gpu_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """ResNet-18 on CIFAR-10 shapes with TiDAL: images/s per precision/layout/compile."""
+    if settings.device != "cuda" and not settings.device.startswith("cuda"):
+        return {"skipped": "needs a CUDA device (run with --device cuda on a GPU machine)"}
+    gpu = replace(
+        settings,
+        model="resnet18",
+        image_shape=(3, 32, 32),
+        batch_size=128,
+        labeled=settings.gpu_extra_labeled,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    )
+    data = make_data(gpu, gpu.labeled)
+    rows = []
+    for compiled in (False, True):
+        for precision in ("32-true", "bf16-mixed"):
+            for channels_last in (False, True):
+                result = lightning_run(
+                    gpu, data, td=True, precision=precision, speed=(channels_last, compiled)
+                )
+                row = {
+                    "precision": precision,
+                    "channels_last": channels_last,
+                    "compile": compiled,
+                    "images_per_s": gpu.labeled / result["epoch"],
+                    # the first epoch's extra time: compilation (and cuDNN/allocator warm-up)
+                    "first_epoch_extra_s": result["first_epoch"] - result["epoch"],
+                }
+                rows.append(row)
+                log(
+                    f"gpu {precision} cl={channels_last} compile={compiled}: "
+                    f"{row['images_per_s']:.0f} img/s"
+                )
+                torch._dynamo.reset()
+    return {"labeled": gpu.labeled, "batch_size": gpu.batch_size, "rows": rows}
+
+
+# ------------------------------------------------------------------------------- report
+def machine_info(settings: Settings) -> dict[str, Any]:
+    device = torch.device(settings.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "device": settings.device,
+        "device_name": name or platform.machine(),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, bool]:
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        value = results[key]
+        out[key] = value <= target if op == "<=" else value >= target
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    s, m = results["settings"], results["machine"]
+    lines = [
+        f"device {m['device']} ({m['device_name']}), torch {m['torch']}, threads {m['threads']}; "
+        f"model {s['model']}, images {tuple(s['image_shape'])}, batch {s['batch_size']}, "
+        f"labeled {s['labeled']}, {s['repeats']} repeats x {s['epochs']} timed epochs "
+        f"(medians of per-repeat ratios), precision {s['precision']}",
+        "",
+        f"{'measure':<44} {'median':>12} {'target':>9}  result",
+    ]
+    for key, label in (
+        ("td_overhead_ratio", "1 epoch time, TD module+tracker / plain"),
+        ("lightning_vs_raw_ratio", "2 epoch time, Lightning / raw loop (with TD)"),
+        ("data_path_ratio", "3 throughput, real data path / pre-made"),
+    ):
+        op, target = TARGETS[key]
+        verdict = "PASS" if results["pass"][key] else "FAIL"
+        lines.append(f"{label:<44} {results[key]:>12.3f} {op + str(target):>9}  {verdict}")
+    lines.append(
+        f"{'4 dispersion pool pass / rest of epoch':<44} "
+        f"{results['dispersion_pool_pass_fraction']:>12.3f} {'-':>9}  "
+        f"(pool {s['pool']}; epoch ratio {results['dispersion_epoch_ratio']:.3f})"
+    )
+    scoring = results["scoring"]
+    for size in s["scoring_sizes"]:
+        e = scoring[str(size)]
+        memory = f"peak RSS {e['peak_rss_mb']:.0f} MB"
+        if "cuda_max_allocated_mb" in e:
+            memory += f", CUDA max {e['cuda_max_allocated_mb']:.0f} MB"
+        lines.append(
+            f"{'5 scoring ' + f'{size:,}' + ' samples/s':<44} {e['samples_per_s']:>12.0f} "
+            f"{'-':>9}  ({memory}; pool {e['pool_mb']:.0f} MB uint8)"
+        )
+    d = results["old_vs_new"]
+    lines.append(
+        f"{'6 images/s PIL DataLoader (workers ' + str(d['num_workers']) + ')':<44} "
+        f"{d['pil_images_per_s']:>12.0f}"
+    )
+    lines.append(f"{'6 images/s device path':<44} {d['device_images_per_s']:>12.0f}")
+    lines.append(f"{'6 speed-up, device / PIL':<44} {d['speedup']:>12.1f}")
+    gpu = results["gpu_extra"]
+    if "skipped" in gpu:
+        lines.append(f"GPU extra skipped: {gpu['skipped']}")
+    else:
+        lines.append("")
+        lines.append(
+            f"{'GPU: precision':<14} {'ch_last':>7} {'compile':>7} {'img/s':>9} "
+            f"{'1st-epoch extra s':>18}"
+        )
+        for r in gpu["rows"]:
+            lines.append(
+                f"{r['precision']:<14} {r['channels_last']!s:>7} {r['compile']!s:>7} "
+                f"{r['images_per_s']:>9.0f} {r['first_epoch_extra_s']:>18.1f}"
+            )
+    return "\n".join(lines)
+
+
+def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """All sections; returns what bench.json holds."""
+    pl.seed_everything(0, verbose=False)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "settings": asdict(settings),
+        "machine": machine_info(settings),
+        "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
+    }
+    results.update(training_sections(settings, log))
+    results["scoring"] = scoring_section(settings, log)
+    results["old_vs_new"] = data_path_section(settings, log)
+    results["gpu_extra"] = gpu_section(settings, log)
+    results["pass"] = verdicts(results)
+    results["total_seconds"] = time.perf_counter() - started
+    return results
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tidal_lightning.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--model",
+        choices=("small_cnn", "resnet18"),
+        default=None,
+        help="default: small_cnn on CPU, resnet18 on CUDA",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
+    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="workers of the PIL DataLoader in section 6 (official default 0)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    return parser.parse_args(argv)
+
+
+def quiet_lightning() -> None:
+    """Drops Lightning's per-fit banners and data-loader hints: the bench fits dozens of times."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_lightning()
+    try:
+        settings = default_settings(args)
+    except TidalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    results = run(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\nwrote {args.out} ({results['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
