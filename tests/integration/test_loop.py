@@ -139,6 +139,7 @@ def test_queries_come_from_the_strategy(smoke_config: Callable[..., DictConfig])
         ("dataset.imbalance_ratio=0.5", "dataset.imbalance_ratio=0.5"),
         ("al.initial=100000", "al.initial=100000 is larger than the training pool"),
         ("al.initial_mode=stratified", "al.initial_mode='stratified'"),
+        ("trainer.devices=2", "trainer.devices=2: an AL run trains on one device"),
     ],
 )
 def test_bad_config_fails_early_and_writes_nothing(
