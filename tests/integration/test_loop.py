@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def test_loggers_record_the_per_cycle_accuracy(
         assert len(accs) == 2
     else:
         (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
-        logged = wandb_items(run_file.read_bytes())
+        logged = wandb_items_when_written(run_file, "al/test_acc")
         results = read_csv(out / "results.csv")
         assert {round(v, 6) for v in logged["al/test_acc"]} == {
             float(r["test_acc"]) for r in results
@@ -247,6 +248,22 @@ def test_loggers_record_the_per_cycle_accuracy(
         assert b"seed=0" in blob and b"imbalance_ratio=1" in blob
         assert b"pool_subset" in blob
         assert b"al/queried_class_histogram" in blob and b"al/learning_curve" in blob
+
+
+def wandb_items_when_written(
+    run_file: Path, key: str, timeout_s: float = 60.0
+) -> dict[str, list[float]]:
+    """`wandb_items` of the file once `key` is in it.
+
+    W&B's service process writes the offline file asynchronously; on a loaded machine the last
+    records can land just after `finish()` returns, so poll briefly instead of reading once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        items = wandb_items(run_file.read_bytes())
+        if key in items or time.monotonic() > deadline:
+            return items
+        time.sleep(0.5)
 
 
 def wandb_items(blob: bytes) -> dict[str, list[float]]:
