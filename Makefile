@@ -35,7 +35,7 @@ test: install ## the full test suite (what CI runs)
 test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install ## speed benchmark side by side (TD overhead, Lightning vs raw, data path, scoring): bench.json
+bench: install ## speed benchmark side by side (TD overhead, Lightning vs raw, data path, scoring): bench.json, ~11 min on 2 cores
 	$(PY) -m tidal_lightning.bench $(BENCH_ARGS)
 
 lint: install ## ruff and mypy

@@ -2,7 +2,9 @@
 
 One run measures, side by side, on synthetic data (no dataset needed):
 
-1. epoch time with TiDAL's TD module and tracker vs the plain classifier;
+1. epoch time with TiDAL's TD module and tracker vs the plain classifier, on the paper's
+   model (ResNet-18, batch 128); the same ratio on the run's own model (the CPU recipe's
+   small CNN by default) and the tracker callback alone are reported beside it;
 2. the Lightning loop vs a plain PyTorch loop doing the same work (same system, optimizer,
    loader, augmentation, TD module and tracker updates, on-device loss sums);
 3. the real data path (device-resident uint8 split, batched crop/flip, normalisation) vs
@@ -64,8 +66,17 @@ TARGETS = {
     "lightning_vs_raw_ratio": ("<=", 1.10),
     "data_path_ratio": (">=", 0.90),
 }
-# The variants trained in every repeat of sections 1-4.
+# The Lightning fits of every repeat of sections 2-4 (on the run's model).
 VARIANTS = ("plain", "td", "raw_td", "premade_td", "dispersion")
+# Section 1: variants trained in lockstep (`paired_epochs`), on the paper's model and on the
+# run's model.
+PAPER_MODEL = "resnet18"
+PAIRED_VARIANTS: dict[str, dict[str, bool]] = {
+    "plain": {"td": False},
+    "tracker": {"td": False, "tracker_only": True},
+    "td": {"td": True},
+}
+PAPER_VARIANTS = ("plain", "td")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,11 @@ class Settings:
     gpu_extra_labeled: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # section 1 on the paper's model (skipped when `model` is already it)
+    td_model: str = PAPER_MODEL
+    td_batch_size: int = 128
+    td_labeled: int = 512
+    td_epochs: int = 1
     quick: bool = False
 
 
@@ -118,6 +134,7 @@ def default_settings(args: argparse.Namespace) -> Settings:
         gpu_extra_labeled=10_000,
         mean=(0.4914, 0.4822, 0.4465) if cifar else (0.2860,),
         std=(0.2470, 0.2435, 0.2616) if cifar else (0.3530,),
+        td_labeled=args.td_labeled or 512,
     )
     if args.quick:
         settings = replace(
@@ -130,10 +147,17 @@ def default_settings(args: argparse.Namespace) -> Settings:
             repeats=args.repeats or 2,
             scoring_sizes=(256, 512, 1024),
             gpu_extra_labeled=512,
+            td_batch_size=16,
+            td_labeled=args.td_labeled or 32,
             quick=True,
         )
     if settings.repeats < 1:
         raise ConfigError(f"--repeats={settings.repeats}: must be at least 1")
+    if settings.td_labeled < settings.td_batch_size:
+        raise ConfigError(
+            f"--td-labeled={settings.td_labeled}: must be at least one batch "
+            f"({settings.td_batch_size})"
+        )
     return settings
 
 
@@ -329,8 +353,13 @@ def lightning_run(
     precision: str | None = None,
     speed: tuple[bool, bool] | None = None,
     epochs: int | None = None,
+    tracker_only: bool = False,
 ) -> dict[str, Any]:
-    """Trains one warm-up epoch plus `epochs` timed ones with `trainer.fit`."""
+    """Trains one warm-up epoch plus `epochs` timed ones with `trainer.fit`.
+
+    `tracker_only`: the plain classifier with the TD tracker callback attached (it records
+    p̄ from the softmax every training step returns), without the TD module and its loss.
+    """
     device = torch.device(settings.device)
     timed = settings.epochs if epochs is None else epochs
     system = build_system(settings, len(data.train_targets), td, speed)
@@ -338,6 +367,8 @@ def lightning_run(
     callbacks: list[pl.Callback] = [timer]
     if system.td_tracker is not None:
         callbacks.append(system.td_tracker)
+    elif tracker_only:
+        callbacks.append(TrainingDynamicsTracker(len(data.train_targets), settings.num_classes))
     recorder = None
     if pool_images is not None:
         recorder = PoolDynamicsRecorder(
@@ -354,54 +385,130 @@ def lightning_run(
     return result
 
 
-def raw_run(settings: Settings, data: SyntheticSplit, td: bool) -> dict[str, Any]:
-    """The same training as `lightning_run`, written as a plain PyTorch loop.
+class RawTrainer:
+    """The training of `lightning_run`, as a plain PyTorch loop driven one step at a time.
 
     Same system (so the same `training_step` math: CE, softmax, TD target from the tracker,
     TD module, KL, on-device loss sums), same optimizer and per-epoch scheduler, same loader
     over the device-resident split, same augmentation and normalisation, same tracker hooks
-    (per batch and per epoch).
+    (per batch and per epoch). Stepping it one batch at a time lets section 1 interleave the
+    steps of two variants, so slow machine drift hits both alike.
     """
-    device = torch.device(settings.device)
-    system = build_system(settings, len(data.train_targets), td).to(device).train()
-    tracker = system.td_tracker
-    if tracker is not None:
-        tracker.on_fit_start(None, system)  # type: ignore[arg-type]  # moves its buffers
-    configured = system.configure_optimizers()
-    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+
+    def __init__(
+        self, settings: Settings, data: SyntheticSplit, td: bool, tracker_only: bool = False
+    ) -> None:
+        self.device = torch.device(settings.device)
+        self.data = data
+        self.system = build_system(settings, len(data.train_targets), td).to(self.device).train()
+        self.tracker = self.system.td_tracker
+        if tracker_only:
+            self.tracker = TrainingDynamicsTracker(len(data.train_targets), settings.num_classes)
+        if self.tracker is not None:
+            self.tracker.on_fit_start(None, self.system)  # type: ignore[arg-type]  # moves its buffers
+        configured = self.system.configure_optimizers()
+        self.optimizer = configured["optimizer"]
+        self.scheduler = configured["lr_scheduler"]["scheduler"]
+        images, targets = data.split_on(self.device)
+        self.loader = TensorBatchLoader(
+            images,
+            targets,
+            data.labeled_indices,
+            data.batch_size,
+            shuffle=True,
+            generator=make_generator(0, 0, "shuffle"),
+        )
+        self.autocast = settings.precision == "bf16-mixed"
+        self.batches: Iterator[tuple[Tensor, Tensor, Tensor]] = iter(())
+
+    def start_epoch(self) -> None:
+        self.system.on_train_epoch_start()
+        if self.tracker is not None:
+            self.tracker.on_train_epoch_start(None, self.system)  # type: ignore[arg-type]
+        self.batches = iter(self.loader)
+        self.batch_idx = 0
+
+    def step(self) -> bool:
+        """Trains on the epoch's next batch; False when the epoch has none left."""
+        try:
+            x, y, i = next(self.batches)
+        except StopIteration:
+            return False
+        batch = (self.data.normalize(self.data.augment(x)), y, i)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            out = self.system.training_step(batch, self.batch_idx)
+        self.optimizer.zero_grad()
+        out["loss"].backward()
+        self.optimizer.step()
+        if self.tracker is not None:
+            self.tracker.on_train_batch_end(None, self.system, out, batch, self.batch_idx)  # type: ignore[arg-type]
+        self.batch_idx += 1
+        return True
+
+    def end_epoch(self) -> None:
+        if self.tracker is not None:
+            self.tracker.on_train_epoch_end(None, self.system)  # type: ignore[arg-type]
+        self.scheduler.step()
+
+
+def raw_run(settings: Settings, data: SyntheticSplit, td: bool) -> dict[str, Any]:
+    """`lightning_run`'s training with `RawTrainer`: one warm-up epoch plus the timed ones."""
     data.start_cycle(data.labeled_indices, seed=0, cycle=0)
-    images, targets = data.split_on(device)
-    loader = TensorBatchLoader(
-        images,
-        targets,
-        data.labeled_indices,
-        data.batch_size,
-        shuffle=True,
-        generator=make_generator(0, 0, "shuffle"),
-    )
-    autocast = settings.precision == "bf16-mixed"
+    trainer = RawTrainer(settings, data, td)
     seconds = []
     for _ in range(1 + settings.epochs):
-        synchronize(device)
+        synchronize(trainer.device)
         started = time.perf_counter()
-        system.on_train_epoch_start()
-        if tracker is not None:
-            tracker.on_train_epoch_start(None, system)  # type: ignore[arg-type]
-        for batch_idx, (x, y, i) in enumerate(loader):
-            batch = (data.normalize(data.augment(x)), y, i)
-            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-                out = system.training_step(batch, batch_idx)
-            optimizer.zero_grad()
-            out["loss"].backward()
-            optimizer.step()
-            if tracker is not None:
-                tracker.on_train_batch_end(None, system, out, batch, batch_idx)  # type: ignore[arg-type]
-        if tracker is not None:
-            tracker.on_train_epoch_end(None, system)  # type: ignore[arg-type]
-        scheduler.step()
-        synchronize(device)
+        trainer.start_epoch()
+        while trainer.step():
+            pass
+        trainer.end_epoch()
+        synchronize(trainer.device)
         seconds.append(time.perf_counter() - started)
     return {"first_epoch": seconds[0], "epoch": statistics.fmean(seconds[1:])}
+
+
+def paired_epochs(
+    settings: Settings, data: SyntheticSplit, variants: dict[str, dict[str, bool]], epochs: int
+) -> dict[str, list[float]]:
+    """Epoch seconds of several variants trained step by step in lockstep.
+
+    Every step trains each variant on its next batch, in an order rotated per step, and
+    adds the step's wall time to that variant's epoch; epoch-end work is timed alike. One
+    warm-up epoch is dropped. `variants` maps a name to `RawTrainer` keyword arguments.
+    """
+    data.start_cycle(data.labeled_indices, seed=0, cycle=0)
+    trainers = {name: RawTrainer(settings, data, **kwargs) for name, kwargs in variants.items()}
+    names = list(trainers)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+
+    def timed(call: Callable[[], object]) -> tuple[float, object]:
+        synchronize(torch.device(settings.device))
+        started = time.perf_counter()
+        result = call()
+        synchronize(torch.device(settings.device))
+        return time.perf_counter() - started, result
+
+    turn = 0
+    for epoch in range(1 + epochs):
+        spent = dict.fromkeys(names, 0.0)
+        for name in names:
+            spent[name] += timed(trainers[name].start_epoch)[0]
+        active = list(names)
+        while active:
+            turn += 1
+            order = active[turn % len(active) :] + active[: turn % len(active)]
+            for name in order:
+                elapsed, stepped = timed(trainers[name].step)
+                spent[name] += elapsed
+                if not stepped:
+                    active.remove(name)
+        for name in names:
+            spent[name] += timed(trainers[name].end_epoch)[0]
+        if epoch > 0:
+            for name in names:
+                seconds[name].append(spent[name])
+    return seconds
 
 
 # --------------------------------------------------------------------- sections 1-4
@@ -411,7 +518,7 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 
 def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-    """Sections 1-4: every variant once per repeat (rotated order), after a warm-up."""
+    """Sections 2-4: every variant once per repeat (rotated order), after a warm-up."""
     device = torch.device(settings.device)
     data = make_data(settings, settings.labeled + settings.pool)
     premade = premade_batches(data, device)
@@ -445,13 +552,67 @@ def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[st
     return {
         "epoch_seconds": times,
         "record_seconds_per_epoch": record,
-        "td_overhead_ratio": median_ratio(times["td"], times["plain"]),
         "lightning_vs_raw_ratio": median_ratio(times["td"], times["raw_td"]),
         "data_path_ratio": median_ratio(times["premade_td"], times["td"]),
         "dispersion_pool_pass_fraction": statistics.median(fractions),
         "dispersion_epoch_ratio": median_ratio(times["dispersion"], times["plain"]),
         "steps_per_epoch": len(premade.batches),
     }
+
+
+def paper_model_settings(settings: Settings) -> Settings:
+    """Section 1's settings on the paper's model: ResNet-18, its batch, the run's images."""
+    return replace(
+        settings,
+        model=settings.td_model,
+        batch_size=settings.td_batch_size,
+        labeled=settings.td_labeled,
+        epochs=settings.td_epochs,
+    )
+
+
+def td_overhead_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Section 1: TD module + tracker vs plain (and the tracker alone), same data and seed.
+
+    The variants train in lockstep (`paired_epochs`): a Lightning fit per variant, even
+    interleaved per repeat, left this 2-core VM's drift (±10% between 15 s epochs) in the
+    ratio. Lightning's own cost per step is section 2's measure.
+
+    TiDAL's module is a fixed-size head (per-stage pooling, `Linear(C_s -> 128)`, a
+    classifier), so its share of the work depends on the backbone: about 1% of ResNet-18's
+    parameters (the paper's model, which the target reads), a third of the CPU recipe's
+    small CNN's. Both are measured; on the small CNN the module is ~1.4% of the FLOPs, but
+    the pooling of four stage maps (and its gradient) and the small matrix products run far
+    less efficiently than its convolutions on a CPU.
+    """
+    paper = paper_model_settings(settings)
+    runs = [(settings, dict(PAIRED_VARIANTS), settings.repeats * settings.epochs)]
+    if settings.model != paper.model:
+        runs.append((paper, {v: PAIRED_VARIANTS[v] for v in PAPER_VARIANTS}, settings.repeats))
+    results: dict[str, Any] = {}
+    for run_settings, variants, epochs in runs:
+        data = make_data(run_settings, run_settings.labeled)
+        times = paired_epochs(run_settings, data, variants, epochs)
+        entry = {
+            "model": run_settings.model,
+            "batch_size": run_settings.batch_size,
+            "labeled": run_settings.labeled,
+            "epochs": epochs,
+            "epoch_seconds": times,
+            "td_overhead_ratio": median_ratio(times["td"], times["plain"]),
+        }
+        if "tracker" in times:
+            entry["tracker_ratio"] = median_ratio(times["tracker"], times["plain"])
+        log(
+            f"section 1, {run_settings.model}: td/plain {entry['td_overhead_ratio']:.3f} "
+            f"over {epochs} paired epochs"
+        )
+        results["paper" if run_settings.model == paper.model else "run_model"] = entry
+        if run_settings.model == paper.model and settings.model == paper.model:
+            results["run_model"] = entry
+        del data
+        gc.collect()
+    return results
 
 
 # ------------------------------------------------------------------------- section 5
@@ -660,19 +821,38 @@ def format_table(results: dict[str, Any]) -> str:
         f"model {s['model']}, images {tuple(s['image_shape'])}, batch {s['batch_size']}, "
         f"labeled {s['labeled']}, {s['repeats']} repeats x {s['epochs']} timed epochs "
         f"(medians of per-repeat ratios), precision {s['precision']}",
+    ]
+    paper, own = results["td_overhead"]["paper"], results["td_overhead"]["run_model"]
+    lines.append(
+        f"section 1: variants trained step by step in lockstep, median of per-epoch ratios; "
+        f"{paper['model']} batch {paper['batch_size']}, labeled {paper['labeled']}, "
+        f"{paper['epochs']} epochs"
+        + (f"; {own['model']} {own['epochs']} epochs" if own["model"] != paper["model"] else "")
+    )
+    lines += [
         "",
-        f"{'measure':<44} {'median':>12} {'target':>9}  result",
+        f"{'measure':<52} {'median':>12} {'target':>9}  result",
     ]
     for key, label in (
-        ("td_overhead_ratio", "1 epoch time, TD module+tracker / plain"),
+        ("td_overhead_ratio", f"1 epoch time, TD module+tracker / plain ({paper['model']})"),
         ("lightning_vs_raw_ratio", "2 epoch time, Lightning / raw loop (with TD)"),
         ("data_path_ratio", "3 throughput, real data path / pre-made"),
     ):
         op, target = TARGETS[key]
         verdict = "PASS" if results["pass"][key] else "FAIL"
-        lines.append(f"{label:<44} {results[key]:>12.3f} {op + str(target):>9}  {verdict}")
+        lines.append(f"{label:<52} {results[key]:>12.3f} {op + str(target):>9}  {verdict}")
+        if key == "td_overhead_ratio":
+            if own["model"] != paper["model"]:
+                lines.append(
+                    f"{'1 the same, on ' + s['model'] + ' (the run model)':<52} "
+                    f"{results['td_overhead_ratio_run_model']:>12.3f} {'-':>9}  reported"
+                )
+            lines.append(
+                f"{'1 TD tracker callback alone / plain':<52} "
+                f"{results['td_tracker_ratio']:>12.3f} {'-':>9}  ({s['model']})"
+            )
     lines.append(
-        f"{'4 dispersion pool pass / rest of epoch':<44} "
+        f"{'4 dispersion pool pass / rest of epoch':<52} "
         f"{results['dispersion_pool_pass_fraction']:>12.3f} {'-':>9}  "
         f"(pool {s['pool']}; epoch ratio {results['dispersion_epoch_ratio']:.3f})"
     )
@@ -683,16 +863,16 @@ def format_table(results: dict[str, Any]) -> str:
         if "cuda_max_allocated_mb" in e:
             memory += f", CUDA max {e['cuda_max_allocated_mb']:.0f} MB"
         lines.append(
-            f"{'5 scoring ' + f'{size:,}' + ' samples/s':<44} {e['samples_per_s']:>12.0f} "
+            f"{'5 scoring ' + f'{size:,}' + ' samples/s':<52} {e['samples_per_s']:>12.0f} "
             f"{'-':>9}  ({memory}; pool {e['pool_mb']:.0f} MB uint8)"
         )
     d = results["old_vs_new"]
     lines.append(
-        f"{'6 images/s PIL DataLoader (workers ' + str(d['num_workers']) + ')':<44} "
+        f"{'6 images/s PIL DataLoader (workers ' + str(d['num_workers']) + ')':<52} "
         f"{d['pil_images_per_s']:>12.0f}"
     )
-    lines.append(f"{'6 images/s device path':<44} {d['device_images_per_s']:>12.0f}")
-    lines.append(f"{'6 speed-up, device / PIL':<44} {d['speedup']:>12.1f}")
+    lines.append(f"{'6 images/s device path':<52} {d['device_images_per_s']:>12.0f}")
+    lines.append(f"{'6 speed-up, device / PIL':<52} {d['speedup']:>12.1f}")
     gpu = results["gpu_extra"]
     if "skipped" in gpu:
         lines.append(f"GPU extra skipped: {gpu['skipped']}")
@@ -722,6 +902,13 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
     results.update(training_sections(settings, log))
     results["scoring"] = scoring_section(settings, log)
     results["old_vs_new"] = data_path_section(settings, log)
+    # after scoring: peak RSS is per process, and ResNet-18's would mask the pools' own peaks
+    results["td_overhead"] = td_overhead_section(settings, log)
+    results["td_overhead_ratio"] = results["td_overhead"]["paper"]["td_overhead_ratio"]
+    results["td_overhead_ratio_run_model"] = results["td_overhead"]["run_model"][
+        "td_overhead_ratio"
+    ]
+    results["td_tracker_ratio"] = results["td_overhead"]["run_model"]["tracker_ratio"]
     results["gpu_extra"] = gpu_section(settings, log)
     results["pass"] = verdicts(results)
     results["total_seconds"] = time.perf_counter() - started
@@ -741,7 +928,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="default: small_cnn on CPU, resnet18 on CUDA",
     )
-    parser.add_argument("--repeats", type=int, default=None, help="default 5 (2 with --quick)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="default 5 (2 with --quick)",
+    )
+    parser.add_argument(
+        "--td-labeled",
+        type=int,
+        default=None,
+        help="training-set size of section 1 on the paper's model (default 512: 4 steps)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--channels-last", action="store_true")

@@ -31,7 +31,24 @@ def test_quick_run_writes_bench_json_with_consistent_ratios(
     def ratio(num: str, den: str) -> float:
         return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
-    assert results["td_overhead_ratio"] == pytest.approx(ratio("td", "plain"))
+    # section 1: lockstep epochs on the paper's model (the target) and on the run's model
+    section = results["td_overhead"]
+    assert section["paper"]["model"] == "resnet18" and section["run_model"]["model"] == "small_cnn"
+    for entry, names in ((section["paper"], bench.PAPER_VARIANTS), (section["run_model"], None)):
+        paired = entry["epoch_seconds"]
+        assert set(paired) == set(names or bench.PAIRED_VARIANTS)
+        assert all(len(v) == entry["epochs"] and all(t > 0 for t in v) for v in paired.values())
+    paper_times = section["paper"]["epoch_seconds"]
+    own_times = section["run_model"]["epoch_seconds"]
+    assert results["td_overhead_ratio"] == pytest.approx(
+        bench.median_ratio(paper_times["td"], paper_times["plain"])
+    )
+    assert results["td_overhead_ratio_run_model"] == pytest.approx(
+        bench.median_ratio(own_times["td"], own_times["plain"])
+    )
+    assert results["td_tracker_ratio"] == pytest.approx(
+        bench.median_ratio(own_times["tracker"], own_times["plain"])
+    )
     assert results["lightning_vs_raw_ratio"] == pytest.approx(ratio("td", "raw_td"))
     assert results["data_path_ratio"] == pytest.approx(ratio("premade_td", "td"))
     record = results["record_seconds_per_epoch"]
@@ -67,6 +84,16 @@ def test_quick_run_writes_bench_json_with_consistent_ratios(
     table = capsys.readouterr().out
     assert "PASS" in table or "FAIL" in table
     assert f"{results['td_overhead_ratio']:.3f}" in table
+    assert f"{results['td_overhead_ratio_run_model']:.3f}" in table
+
+
+def test_paper_model_section_needs_at_least_one_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--td-labeled", "8", "--device", "cpu", "--out", str(out)]) == 1
+    assert "--td-labeled=8" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
