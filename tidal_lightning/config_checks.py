@@ -52,14 +52,7 @@ def validate_config(cfg: DictConfig) -> None:
     td_weight = cfg.model.get("td_weight")
     if isinstance(td_weight, bool) or not isinstance(td_weight, int | float) or td_weight < 0:
         problems.append(f"model.td_weight={td_weight!r}: must be a number >= 0")
-    devices = cfg.trainer.get("devices", 1)
-    if devices != 1:
-        # The tracker, the recorder and the pool pass are DDP-correct (tests/integration/
-        # test_ddp.py), but the loop's run-folder writes are not rank-gated yet.
-        problems.append(
-            f"trainer.devices={devices!r}: an AL run trains on one device; use trainer.devices=1 "
-            "(several runs in parallel: a sweep with one job per device)"
-        )
+    problems += _ddp_problems(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -73,3 +66,49 @@ def validate_pool_sizes(cfg: DictConfig, pool_size: int) -> None:
             f"dataset.imbalance_ratio={cfg.dataset.imbalance_ratio}); "
             "lower al.initial"
         )
+
+
+# Strategies that start their processes inside `trainer.fit`: the loop builds a fresh
+# Trainer every cycle, so they would start (and lose) a new set of processes each cycle.
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _ddp_problems(cfg: DictConfig) -> list[str]:
+    """Multi-device runs: Lightning DDP with its script launcher, a single run, simulated labels.
+
+    Rank 0 starts the other ranks at the first `trainer.fit`; each re-runs the command,
+    resumes from the `state.pt` rank 0 has written, and from then on keeps the same state
+    in memory while only rank 0 writes (`distributed.is_main_process`).
+    """
+    devices = cfg.trainer.get("devices", 1)
+    if devices in (1, "1"):
+        return []
+    problems = []
+    strategy = cfg.trainer.get("strategy", "auto")
+    if str(strategy).startswith(SPAWNING_STRATEGIES):
+        problems.append(
+            f"trainer.strategy={strategy}: with trainer.devices={devices} the AL loop needs "
+            "trainer.strategy=ddp (processes started once, kept for every cycle's Trainer)"
+        )
+    oracle = cfg.get("oracle")
+    if oracle is not None and "FileOracle" in str(oracle.get("_target_", "")):
+        problems.append(
+            f"oracle=file with trainer.devices={devices}: runs that stop for labels train on one "
+            "device; use trainer.devices=1"
+        )
+    if _is_multirun():
+        problems.append(
+            f"trainer.devices={devices} in a sweep (-m): Lightning's DDP launcher re-runs the "
+            "command line, sweep included; run each multi-device job on its own, or sweep with "
+            "trainer.devices=1 (one job per device)"
+        )
+    return problems
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

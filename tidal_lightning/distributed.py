@@ -14,12 +14,23 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 
 def is_distributed() -> bool:
     """True when a process group with more than one process is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files: rank 0, or the only process.
+
+    Read from the launcher's environment (Lightning's `rank_zero_only.rank`), so it is right
+    from import on, before any process group exists: a DDP child that `trainer.fit` starts
+    re-runs the whole program, and must not write what rank 0 writes.
+    """
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
 
 
 def world_size() -> int:

@@ -140,13 +140,14 @@ def test_queries_come_from_the_strategy(smoke_config: Callable[..., DictConfig])
         ("dataset.imbalance_ratio=0.5", "dataset.imbalance_ratio=0.5"),
         ("al.initial=100000", "al.initial=100000 is larger than the training pool"),
         ("al.initial_mode=stratified", "al.initial_mode='stratified'"),
-        ("trainer.devices=2", "trainer.devices=2: an AL run trains on one device"),
+        ("trainer.devices=2 +trainer.strategy=ddp_spawn", "needs trainer.strategy=ddp"),
+        ("trainer.devices=2 oracle=file", "oracle=file with trainer.devices=2"),
     ],
 )
 def test_bad_config_fails_early_and_writes_nothing(
     smoke_config: Callable[..., DictConfig], override: str, message: str
 ) -> None:
-    cfg = smoke_config(override)
+    cfg = smoke_config(*override.split())
     with pytest.raises(ConfigError, match=message):
         run(cfg)
     out = Path(cfg.paths.output_dir)

@@ -4,6 +4,7 @@ The same code under a real 2-process group is tested in tests/integration/test_d
 """
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,31 @@ def test_epoch_buffers_give_bit_identical_sums_to_direct_adds() -> None:
         expected = expected + probs
     assert torch.equal(tracker.prob_sums, expected)
     assert tracker.epoch_counts.tolist() == [4] * 6
+
+
+def test_only_rank_zero_writes_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DDP child (rank 1) keeps the state in memory but writes no run file."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from tidal_lightning.al.records import RunRecords
+    from tidal_lightning.al.state import RunState
+
+    state = RunState(config={"seed": 0}, label_rounds=[torch.arange(3)])
+    records = RunRecords(tmp_path, num_classes=2)
+    targets = torch.tensor([0, 1, 0, 1])
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert not distributed.is_main_process()
+    state.save(tmp_path)
+    records.write([], state.label_rounds, targets, {"status": "running"})
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert distributed.is_main_process()
+    state.save(tmp_path)
+    records.write([], state.label_rounds, targets, {"status": "running"})
+    assert {"state.pt", "queries.csv", "results.csv", "run_summary.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }

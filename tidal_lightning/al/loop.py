@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tidal_lightning import distributed
 from tidal_lightning.al.cycle_logger import CycleStepLogger
 from tidal_lightning.al.oracle import (
     FileOracle,
@@ -228,6 +229,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     written, and goes on.
     """
     validate_config(cfg)
+    if not distributed.is_main_process():
+        # a DDP child re-runs the whole loop; rank 0 reports it
+        log.setLevel(logging.WARNING)
     run_dir = Path(cfg.paths.output_dir)
     config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     state = RunState.load(run_dir)
@@ -615,9 +619,9 @@ def _save_cycle_checkpoint(
     cycle: int,
     num_labeled: int,
 ) -> None:
-    """`checkpoints/cycle_<k>.pt` as `al.checkpoints` says (all | last | none)."""
+    """`checkpoints/cycle_<k>.pt` as `al.checkpoints` says (all | last | none); rank 0 only."""
     keep = cfg.al.get("checkpoints", "all")
-    if keep == "none":
+    if keep == "none" or not distributed.is_main_process():
         return
     checkpoint = make_checkpoint(
         system,
@@ -708,6 +712,10 @@ def query(
     positions = strategy.select(
         outputs, cfg.al.budget, make_generator(seed, cycle, "select", device)
     )
+    if distributed.is_distributed():
+        # Every rank selected from the same gathered outputs; rank 0's picks are the run's,
+        # so float differences between devices cannot split the ranks' labeled sets.
+        positions = distributed.broadcast_(positions.to(device).contiguous())
     queried = subset[positions.cpu()]
     diagnostics: dict[str, Any] = {"query_seconds": round(time.perf_counter() - started, 3)}
     if device.type == "cuda":

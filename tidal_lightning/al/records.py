@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from tidal_lightning import distributed
 from tidal_lightning.errors import RunFolderError
 
 _PACKAGES = (
@@ -143,7 +144,11 @@ class RunRecords:
             label_rounds: `[B_r]` dataset indices labeled in round r (round 0 = initial set).
             targets: `[N]` labels of the training split (-1: not known yet).
             summary: the run_summary.json object.
+
+        Only the main process writes (under DDP every rank holds the same rows).
         """
+        if not distributed.is_main_process():
+            return
         for row in results:
             missing = set(self.result_columns) - set(row)
             if missing:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tidal_lightning import distributed
 from tidal_lightning.errors import RunFolderError
 
 STATE_FILE = "state.pt"
@@ -77,7 +78,12 @@ class RunState:
     pending: dict[str, Any] | None = None
 
     def save(self, run_dir: Path) -> None:
-        """Writes `state.pt` to a temp file, fsyncs and renames it into place."""
+        """Writes `state.pt` to a temp file, fsyncs and renames it into place.
+
+        Only the main process writes (under DDP every rank keeps the same state in memory).
+        """
+        if not distributed.is_main_process():
+            return
         self.rng = capture_rng()
         path = run_dir / STATE_FILE
         partial = path.with_name(path.name + ".partial")

@@ -151,7 +151,16 @@ class ActiveLearningSystem(pl.LightningModule):
             return
         means = self._loss_sums / self._samples_seen
         for name, value in zip(self._loss_names, means, strict=True):
-            self.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "train/loss")
+            # sync_dist: under DDP the logged mean is over all ranks' samples (one
+            # all-reduce per epoch; every rank takes the same number of equal batches)
+            self.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "train/loss",
+                sync_dist=True,
+            )
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         images, targets, _ = batch
