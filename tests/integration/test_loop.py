@@ -236,13 +236,14 @@ def test_loggers_record_the_per_cycle_accuracy(
         assert {round(v, 6) for v in logged["al/test_acc"]} == {
             float(r["test_acc"]) for r in results
         }
+        # no 0: per-epoch rows carry no `al/*` key, so W&B fills no `al/num_labeled` into them
         assert set(logged["al/num_labeled"]) == {24, 40}
         assert sum(logged["al/queried_class_0"] + logged["al/queried_class_1"]) <= 16
         # per-epoch steps keep increasing across the two cycles' fresh Trainers (W&B would
         # otherwise overlay or drop them): 2 steps/epoch in cycle 0, 3 in cycle 1, 10 epochs
         steps = logged["trainer/global_step"]
         assert steps == sorted(steps) and max(steps) >= 20 + 30
-        assert set(logged["al/cycle"]) == {0, 1}
+        assert set(logged["train/cycle"]) == {0, 1}
         blob = run_file.read_bytes()
         # group (the sweep), name and tags from the run, the resolved config attached
         assert b"adhoc" in blob and b"tidal_margin-synthetic-ir1-seed0" in blob
@@ -268,14 +269,14 @@ def wandb_items_when_written(
 
 
 def wandb_items(blob: bytes) -> dict[str, list[float]]:
-    """`al/*` and `trainer/*` values in an offline `.wandb` file, read from its wire format.
+    """`al/*`, `train/*` and `trainer/*` values in an offline `.wandb` file (its wire format).
 
     Each logged item is an `Item` message: field 2 (`key`, tag 0x12) then field 16
     (`value_json`, tag 0x82 0x01), each a length-prefixed string; W&B's own reader for
     these files is not part of its Python package.
     """
     items: dict[str, list[float]] = {}
-    pattern = rb"\x12(.)((?:al|trainer)/[a-z_0-9]+)\x82\x01(.)"
+    pattern = rb"\x12(.)((?:al|trainer|train)/[a-z_0-9]+)\x82\x01(.)"
     for match in re.finditer(pattern, blob, flags=re.DOTALL):
         if match.group(1)[0] != len(match.group(2)):
             continue

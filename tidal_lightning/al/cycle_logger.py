@@ -14,7 +14,9 @@ class CycleStepLogger(Logger):
 
     Each cycle has a fresh Trainer whose global step restarts at 0; W&B drops steps that do
     not increase, and CSV/W&B charts would overlay the cycles. With the offset the per-epoch
-    curves of successive cycles follow each other on one axis, and `al/cycle` tells them apart.
+    curves of successive cycles follow each other on one axis, and `train/cycle` tells them
+    apart. (Not `al/cycle`: W&B charts `al/*` against `al/num_labeled` and would fill that
+    step metric into every per-epoch row.)
 
     Args:
         inner: the configured Lightning logger.
@@ -62,7 +64,7 @@ class CycleStepLogger(Logger):
         if step is None:  # per-cycle `al/*` values, charted against al/num_labeled
             self.inner.log_metrics(dict(metrics))
             return
-        self.inner.log_metrics({**metrics, "al/cycle": self.cycle}, step + self.offset)
+        self.inner.log_metrics({**metrics, "train/cycle": self.cycle}, step + self.offset)
 
     def log_class_histogram(self, key: str, counts: list[int]) -> None:
         """A per-class count histogram, for loggers that chart one (W&B); others have the
