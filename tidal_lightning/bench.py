@@ -105,7 +105,6 @@ class Settings:
     td_model: str = PAPER_MODEL
     td_batch_size: int = 128
     td_labeled: int = 512
-    td_epochs: int = 1
     quick: bool = False
 
 
@@ -353,13 +352,8 @@ def lightning_run(
     precision: str | None = None,
     speed: tuple[bool, bool] | None = None,
     epochs: int | None = None,
-    tracker_only: bool = False,
 ) -> dict[str, Any]:
-    """Trains one warm-up epoch plus `epochs` timed ones with `trainer.fit`.
-
-    `tracker_only`: the plain classifier with the TD tracker callback attached (it records
-    p̄ from the softmax every training step returns), without the TD module and its loss.
-    """
+    """Trains one warm-up epoch plus `epochs` timed ones with `trainer.fit`."""
     device = torch.device(settings.device)
     timed = settings.epochs if epochs is None else epochs
     system = build_system(settings, len(data.train_targets), td, speed)
@@ -367,8 +361,6 @@ def lightning_run(
     callbacks: list[pl.Callback] = [timer]
     if system.td_tracker is not None:
         callbacks.append(system.td_tracker)
-    elif tracker_only:
-        callbacks.append(TrainingDynamicsTracker(len(data.train_targets), settings.num_classes))
     recorder = None
     if pool_images is not None:
         recorder = PoolDynamicsRecorder(
@@ -393,6 +385,9 @@ class RawTrainer:
     over the device-resident split, same augmentation and normalisation, same tracker hooks
     (per batch and per epoch). Stepping it one batch at a time lets section 1 interleave the
     steps of two variants, so slow machine drift hits both alike.
+
+    `tracker_only`: the plain classifier with a TD tracker fed by its hooks (the softmax
+    every training step returns), without the TD module and its loss.
     """
 
     def __init__(
@@ -420,6 +415,7 @@ class RawTrainer:
         )
         self.autocast = settings.precision == "bf16-mixed"
         self.batches: Iterator[tuple[Tensor, Tensor, Tensor]] = iter(())
+        self.batch_idx = 0
 
     def start_epoch(self) -> None:
         self.system.on_train_epoch_start()
@@ -482,11 +478,13 @@ def paired_epochs(
     names = list(trainers)
     seconds: dict[str, list[float]] = {name: [] for name in names}
 
+    device = torch.device(settings.device)
+
     def timed(call: Callable[[], object]) -> tuple[float, object]:
-        synchronize(torch.device(settings.device))
+        synchronize(device)
         started = time.perf_counter()
         result = call()
-        synchronize(torch.device(settings.device))
+        synchronize(device)
         return time.perf_counter() - started, result
 
     turn = 0
@@ -567,7 +565,6 @@ def paper_model_settings(settings: Settings) -> Settings:
         model=settings.td_model,
         batch_size=settings.td_batch_size,
         labeled=settings.td_labeled,
-        epochs=settings.td_epochs,
     )
 
 

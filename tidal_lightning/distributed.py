@@ -90,33 +90,6 @@ def broadcast_buffers_(module: nn.Module, src: int = 0) -> None:
         dist.broadcast(buffer.data, src=src)
 
 
-def all_gather_varlen(tensor: Tensor, lengths: list[int] | None = None) -> list[Tensor]:
-    """Every process's `[n_r, ...]` tensor, `n_r` possibly different per rank.
-
-    Pads each to the longest, gathers, trims. `lengths` (`n_r` for every rank), when the
-    caller knows them (strided shards: `shard_size`), saves the round of gathering sizes and
-    its host synchronisation.
-
-    Returns:
-        W tensors `[n_r, ...]` in rank order (`[tensor]` in one process).
-    """
-    if not is_distributed():
-        return [tensor]
-    if lengths is None:
-        local = torch.tensor([len(tensor)], device=tensor.device)
-        sizes = [torch.zeros_like(local) for _ in range(world_size())]
-        dist.all_gather(sizes, local)
-        lengths = [int(s) for s in sizes]
-    if len(tensor) != lengths[rank()]:
-        raise ValueError(f"rank {rank()} holds {len(tensor)} rows, lengths say {lengths[rank()]}")
-    longest = max(lengths)
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: len(tensor)] = tensor
-    gathered = [torch.empty_like(padded) for _ in lengths]
-    dist.all_gather(gathered, padded.contiguous())
-    return [g[:n] for g, n in zip(gathered, lengths, strict=True)]
-
-
 def gather_strided(local: Tensor, n: int) -> Tensor:
     """Reassembles `[n, ...]` on every rank from each rank's rows for its `shard(n)`.
 

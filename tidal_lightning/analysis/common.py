@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -182,10 +182,6 @@ def config_summary(cfg: DictConfig, datamodule: ImageClassificationData) -> dict
         "batch_size": int(cfg.dataset.batch_size),
         "seed": int(cfg.seed),
     }
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
 
 
 def load_data(

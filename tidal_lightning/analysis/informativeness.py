@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,7 +33,7 @@ from tidal_lightning.analysis.common import AnalysisError
 from tidal_lightning.analysis.metrics import accuracy_at_top, top_sizes
 from tidal_lightning.config_checks import validate_pool_sizes
 from tidal_lightning.seeding import make_generator
-from tidal_lightning.strategies.base import RECORDED_OUTPUTS, PoolOutputs, Strategy
+from tidal_lightning.strategies.base import RECORDED_OUTPUTS, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,8 @@ def run(
     sizes = top_sizes(len(subset), PERCENTS)
     table = {}
     for name, strategy in strategies.items():
-        order = ranking(strategy, outputs, sizes[-1], make_generator(seed, 0, "select", device))
+        # positions in the order the strategy would query them (score order, or pick order)
+        order = strategy.select(outputs, sizes[-1], make_generator(seed, 0, "select", device))
         table[name] = accuracy_at_top(order, correct, sizes)
 
     result: dict[str, Any] = {
@@ -197,17 +197,6 @@ def run(
     _plot(table, result, out_dir / "informativeness.png")
     common.write_json(out_dir / "informativeness.json", result)
     return result
-
-
-def ranking(
-    strategy: Strategy, outputs: PoolOutputs, length: int, generator: torch.Generator
-) -> torch.Tensor:
-    """`[length]` positions into the pool subset, the first the strategy would query first.
-
-    Score strategies sort by score (ties by position, as `select` does); set strategies
-    return their picks in the order they made them.
-    """
-    return strategy.select(outputs, length, generator)
 
 
 def _plot(table: dict[str, list[float]], result: dict[str, Any], path: Path) -> None:
