@@ -29,6 +29,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torch import Tensor, nn
 
+from tidal_lightning.bench import resolve_device
+from tidal_lightning.errors import ConfigError
 from tidal_lightning.models.backbones import ResNet18, SmallCNN
 from tidal_lightning.models.td_module import TDModule
 
@@ -160,16 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=0, help="the official default is 0")
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = parser.parse_args(argv)
-    name = args.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is visible", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     if args.epochs < 1:
         print(f"error: --epochs={args.epochs}: must be at least 1", file=sys.stderr)
         return 1
-    device = torch.device(name)
     cuda = device.type == "cuda"
     result = run(
         device,

@@ -9,7 +9,6 @@ only instantiates a `Backbone` subclass named in it.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from tidal_lightning.al.records import atomic_torch_save
 from tidal_lightning.errors import TidalError
 from tidal_lightning.models.backbones import Backbone
 
@@ -79,12 +79,7 @@ def make_checkpoint(
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     """Writes to a temp file, fsyncs and renames: a killed run never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        torch.save(checkpoint, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    atomic_torch_save(path, checkpoint)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def _ddp_problems(cfg: DictConfig) -> list[str]:
             f"oracle=file with trainer.devices={devices}: runs that stop for labels train on one "
             "device; use trainer.devices=1"
         )
-    if _is_multirun():
+    if is_multirun():
         problems.append(
             f"trainer.devices={devices} in a sweep (-m): Lightning's DDP launcher re-runs the "
             "command line, sweep included; run each multi-device job on its own, or sweep with "
@@ -105,7 +105,8 @@ def _ddp_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _is_multirun() -> bool:
+def is_multirun() -> bool:
+    """Whether this process is a job of a Hydra sweep (`-m`)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

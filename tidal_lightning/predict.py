@@ -19,6 +19,7 @@ import torch
 
 from tidal_lightning.al.records import atomic_write_text, csv_text
 from tidal_lightning.checkpoints import build_backbone, load_checkpoint
+from tidal_lightning.data.datamodules import normalize_uint8, uint8_scale_stats
 from tidal_lightning.data.image_folder import IMAGE_SUFFIXES, list_images, read_images
 from tidal_lightning.errors import ConfigError, TidalError
 
@@ -100,13 +101,12 @@ def predict(
     backbone = build_backbone(checkpoint).to(device)
     size = (int(checkpoint["image_size"][0]), int(checkpoint["image_size"][1]))
     channels = int(checkpoint["in_channels"])
-    mean = torch.tensor(checkpoint["mean"], device=device).view(1, -1, 1, 1) * 255.0
-    std = torch.tensor(checkpoint["std"], device=device).view(1, -1, 1, 1) * 255.0
+    mean, std = uint8_scale_stats(checkpoint["mean"], checkpoint["std"], device)
     files, names = image_files(images)
     probs = []
     for start in range(0, len(files), batch_size):
         batch = read_images(files[start : start + batch_size], channels, size).to(device)
-        logits, _ = backbone((batch.float() - mean) / std)
+        logits, _ = backbone(normalize_uint8(batch, mean, std))
         probs.append(logits.float().softmax(dim=1).cpu())
     return list(checkpoint["classes"]), names, torch.cat(probs)
 

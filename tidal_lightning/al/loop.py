@@ -37,7 +37,7 @@ from tidal_lightning.al.state import RunState, restore_rng
 from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.checkpoints import checkpoint_path, make_checkpoint, save_checkpoint
-from tidal_lightning.config_checks import validate_config, validate_pool_sizes
+from tidal_lightning.config_checks import is_multirun, validate_config, validate_pool_sizes
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.data.longtail import long_tail_indices
 from tidal_lightning.errors import ConfigError
@@ -585,17 +585,14 @@ def _continue_commands(run_dir: Path) -> tuple[str, str]:
     override would otherwise start a new run elsewhere.
     """
     overrides: list[str] | None = None
-    multirun = False
     try:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
         if HydraConfig.initialized():
-            hydra_cfg = HydraConfig.get()
-            overrides = list(hydra_cfg.overrides.task)
-            multirun = hydra_cfg.mode == RunMode.MULTIRUN
+            overrides = list(HydraConfig.get().overrides.task)
     except (ImportError, ValueError):
         overrides = None
+    multirun = is_multirun()
     command = "python -m tidal_lightning"
     kept = [o for o in overrides or [] if not o.startswith(("oracle.labels=", "hydra.run.dir="))]
     pinned = [*kept, f"hydra.run.dir={run_dir.resolve()}"]

@@ -7,10 +7,12 @@ import io
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import torch
 from torch import Tensor
 
 from tidal_lightning import distributed
@@ -28,14 +30,27 @@ _PACKAGES = (
 )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to a temp file beside `path`, then renames: a kill never leaves half a file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Runs `write` on a temp file beside `path`, fsyncs and renames it into place.
+
+    A kill at any point leaves either the old file or the new one, never half a file.
+    """
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with open(partial, "wb") as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`text` (UTF-8) into `path` with `atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_torch_save(path: Path, obj: object) -> None:
+    """`torch.save(obj)` into `path` with `atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def csv_text(header: list[str], rows: list[list[Any]]) -> str:

@@ -7,7 +7,6 @@ the derived files from the state and continues with the next cycle.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from tidal_lightning import distributed
+from tidal_lightning.al.records import atomic_torch_save
 from tidal_lightning.errors import RunFolderError
 
 STATE_FILE = "state.pt"
@@ -85,13 +85,7 @@ class RunState:
         if not distributed.is_main_process():
             return
         self.rng = capture_rng()
-        path = run_dir / STATE_FILE
-        partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as handle:
-            torch.save(asdict(self), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        atomic_torch_save(run_dir / STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState | None:

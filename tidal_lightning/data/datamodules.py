@@ -14,7 +14,7 @@ import gzip
 import shutil
 import socket
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +30,21 @@ from tidal_lightning.seeding import make_generator
 
 # A download that cannot reach its host should fail in seconds, not hang a sweep.
 _DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def uint8_scale_stats(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-channel `mean`, `std` (on the [0, 1] scale) as `[1, C, 1, 1]` on the 0-255 scale."""
+    return (
+        torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0,
+        torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0,
+    )
+
+
+def normalize_uint8(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """`[B, C, H, W]` uint8 -> float32 standardised; `mean`, `std` from `uint8_scale_stats`."""
+    return (images.float() - mean) / std
 
 
 class ImageClassificationData(pl.LightningDataModule):
@@ -189,12 +204,8 @@ class ImageClassificationData(pl.LightningDataModule):
         # Built once per device: a fresh torch.tensor(..., device=cuda) per batch would be a
         # host-to-device copy on the training hot path.
         if images.device not in self._normalizers:
-            self._normalizers[images.device] = (
-                torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0,
-                torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0,
-            )
-        mean, std = self._normalizers[images.device]
-        return (images.float() - mean) / std
+            self._normalizers[images.device] = uint8_scale_stats(self.mean, self.std, images.device)
+        return normalize_uint8(images, *self._normalizers[images.device])
 
     def augment(self, images: Tensor) -> Tensor:
         """Training augmentation of a `[B, C, H, W]` batch on its own device."""
