@@ -174,7 +174,11 @@ def scoring_setup() -> tuple[ActiveLearningSystem, SimpleNamespace]:
             module.running_var.uniform_(0.5, 1.5)
     images = torch.randint(0, 256, (NUM_SAMPLES, 1, 8, 8), dtype=torch.uint8)
     datamodule = SimpleNamespace(
-        train_images=images, eval_batch_size=4, normalize=lambda x: x.float() / 255 - 0.5
+        train_images=images,
+        train_targets=torch.zeros(NUM_SAMPLES, dtype=torch.long),
+        gather=lambda indices, device: images[indices].to(device),
+        eval_batch_size=4,
+        normalize=lambda x: x.float() / 255 - 0.5,
     )
     return system, datamodule
 

@@ -25,7 +25,7 @@ from tests.conftest import CONF_DIR, compose_config, run_cli
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
 from tidal_lightning.data.longtail import long_tail_counts
 from tidal_lightning.report import build_report
-from tidal_lightning.strategies.base import Strategy
+from tidal_lightning.strategies.base import Strategy, build_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP_DIR = REPO / "multirun_sweeps"
@@ -147,7 +147,7 @@ def test_jobs_of_the_grid_compose_and_instantiate(name: str, scope: str, tmp_pat
         assert cfg.sweep_name == name
         validate_config(cfg)
         datamodule = instantiate(cfg.dataset)
-        strategy = instantiate(cfg.strategy)
+        strategy = build_strategy(cfg.strategy)
         assert isinstance(strategy, Strategy)
         assert strategy.check_config(cfg) == [], job
         classes, channels, pool = pool_size(datamodule, cfg)

@@ -43,7 +43,7 @@ from tidal_lightning.data.longtail import long_tail_indices
 from tidal_lightning.errors import ConfigError
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.seeding import derive_seed, make_generator
-from tidal_lightning.strategies.base import PoolOutputs, Strategy
+from tidal_lightning.strategies.base import PoolOutputs, QueryContext, Strategy, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def build_system(
     recorder = None
     if strategy.requires_recorder and pool_subset is not None:
         recorder = PoolDynamicsRecorder(
-            datamodule.train_images[pool_subset],
+            datamodule.gather(pool_subset, "cpu"),
             datamodule.normalize,
             num_classes,
             batch_size=datamodule.eval_batch_size,
@@ -251,7 +251,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     datamodule: ImageClassificationData = instantiate(cfg.dataset)
     datamodule.load()
-    strategy: Strategy = instantiate(cfg.strategy)
+    strategy: Strategy = build_strategy(cfg.strategy)
     # a config composed without the oracle group (older code paths) means the simulated one
     oracle: Oracle = instantiate(cfg.oracle) if cfg.get("oracle") else SimulatedOracle()
     problems = [
@@ -624,7 +624,7 @@ def _save_cycle_checkpoint(
         system,
         cast("dict[str, Any]", OmegaConf.to_container(cfg.model.backbone, resolve=True)),
         datamodule.classes,
-        cast("tuple[int, int, int]", tuple(datamodule.train_images.shape[1:])),
+        datamodule.image_shape,
         tuple(datamodule.mean),
         tuple(datamodule.std),
         cycle,
@@ -703,6 +703,15 @@ def query(
         device,
         mc_samples=strategy.mc_samples,
         generator=make_generator(seed, cycle, "mc_dropout", device),
+        context=QueryContext(
+            system=system,
+            datamodule=datamodule,
+            device=device,
+            seed=seed,
+            cycle=cycle,
+            labeled_indices=pool.labeled_indices,
+            pool_indices=subset,
+        ),
     )
     if recorder is not None:
         outputs.outputs.update(recorder.outputs())

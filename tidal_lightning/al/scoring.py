@@ -15,6 +15,7 @@ from tidal_lightning.strategies.base import (
     LABELED_OUTPUTS,
     POOL_PASS_OUTPUTS,
     PoolOutputs,
+    QueryContext,
 )
 
 # Outputs drawn with the caller's generator: their masks depend on the batches that came
@@ -63,7 +64,7 @@ def model_pass(
     batches: list[dict[str, Tensor]] = []
     for start in range(0, len(local), datamodule.eval_batch_size):
         batch = local[start : start + datamodule.eval_batch_size]
-        images = datamodule.normalize(datamodule.train_images[batch].to(device))
+        images = datamodule.normalize(datamodule.gather(batch, device))
         batches.append(system.predict_batch(images, needs, mc_samples, generator))
     outputs = {name: torch.cat([b[name] for b in batches]) for name in sorted(needs)}
     if sharded:
@@ -80,16 +81,19 @@ def pool_pass(
     device: torch.device,
     mc_samples: int = 0,
     generator: torch.Generator | None = None,
+    context: QueryContext | None = None,
 ) -> PoolOutputs:
     """The pool-subset outputs a strategy needs, plus its `labeled_*` outputs.
 
     Recorded outputs (`label_counts`, `pool_td`) come from the per-epoch recorder, not
-    from here; the caller adds them.
+    from here; the caller adds them. `labeled_targets` (`[L]`, on `device`) is always
+    filled in: the labels are known and cost nothing to pass.
 
     Args:
         indices: `[N]` dataset indices of the pool subset.
         labeled_indices: `[L]` dataset indices of the labeled set.
         needs: the strategy's `needs`.
+        context: handed to the strategy as `PoolOutputs.context`.
     """
     unknown = set(needs) - KNOWN_OUTPUTS
     if unknown:
@@ -100,7 +104,8 @@ def pool_pass(
     labeled_needs = frozenset(n.removeprefix("labeled_") for n in needs & LABELED_OUTPUTS)
     labeled = model_pass(system, datamodule, labeled_indices, labeled_needs, device)
     outputs.update({f"labeled_{name}": value for name, value in labeled.items()})
-    return PoolOutputs(indices, outputs)
+    labeled_targets = datamodule.train_targets[labeled_indices.cpu()].to(device)
+    return PoolOutputs(indices, outputs, labeled_targets=labeled_targets, context=context)
 
 
 def td_agreement(td_probs: Tensor, pool_td: Tensor) -> dict[str, float]:

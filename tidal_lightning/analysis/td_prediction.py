@@ -17,13 +17,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from tidal_lightning.al import loop
 from tidal_lightning.analysis import common
 from tidal_lightning.errors import ConfigError
-from tidal_lightning.strategies.base import Strategy
+from tidal_lightning.strategies.base import Strategy, build_strategy
 
 SUMMARY = (
     "KL and rank correlation of predicted vs actual pool TD per AL cycle (TiDAL §5.4);\n"
@@ -67,7 +66,7 @@ def read_query_rows(results_csv: Path) -> tuple[list[dict[str, Any]], list[str]]
 def run(
     cfg: DictConfig, options: Options, request: common.Request, out_dir: Path
 ) -> dict[str, Any]:
-    strategy: Strategy = instantiate(cfg.strategy)
+    strategy: Strategy = build_strategy(cfg.strategy)
     strategy_name = type(strategy).__module__.rsplit(".", 1)[-1]
     if TD_OUTPUTS - strategy.needs:
         raise ConfigError(

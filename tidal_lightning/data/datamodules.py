@@ -142,7 +142,29 @@ class ImageClassificationData(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return int(self.train_images.shape[1])
+        return int(self.image_shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(C, H, W)` of every image of the training split."""
+        channels, height, width = self.train_images.shape[1:]
+        return int(channels), int(height), int(width)
+
+    @property
+    def num_train(self) -> int:
+        """N, the size of the training split."""
+        return len(self.train_targets)
+
+    def gather(self, indices: Tensor, device: torch.device | str) -> Tensor:
+        """`[B, C, H, W]` uint8 training images at dataset `indices` (`[B]`), on `device`.
+
+        The one way code outside the datamodule reads training images (pool passes, the
+        per-epoch recorder, strategies that train their own models), so a datamodule that
+        does not hold its split in memory only has to implement this.
+        """
+        device = torch.device(device)
+        images, _ = self.split_on(device) if device.type != "cpu" else (self.train_images, None)
+        return images[indices.to(images.device)]
 
     # ------------------------------------------------------------- AL control
     def start_cycle(self, labeled_indices: Tensor, seed: int, cycle: int) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+
+from tidal_lightning.seeding import make_generator
+
+if TYPE_CHECKING:
+    from tidal_lightning.data.datamodules import ImageClassificationData
+    from tidal_lightning.models.system import ActiveLearningSystem
 
 # What a strategy can list in `needs`, by where it comes from:
 # one eval-mode pass over the scored pool subset after training,
@@ -19,6 +26,37 @@ LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings"})
 # and the per-epoch recorder that runs on the pool subset during training.
 RECORDED_OUTPUTS = frozenset({"label_counts", "pool_td"})
 KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS
+
+
+@dataclass
+class QueryContext:
+    """What a strategy may reach beyond the pool outputs: the trained system and the data.
+
+    For strategies that must do more than read one pass's outputs: train a model of their
+    own on the images (VAAL), perturb the trained weights (NoiseStability), or compute
+    features with another encoder. Images are read with `datamodule.gather`, never
+    through `datamodule.train_images`, so a datamodule that streams from disk works too.
+
+    Attributes:
+        system: the cycle's trained system (eval mode after the pool pass).
+        datamodule: the run's datamodule.
+        device: the scoring device.
+        seed, cycle: the run's seed and the cycle; `generator` derives streams from them.
+        labeled_indices: `[L]` dataset indices of the labeled set (CPU).
+        pool_indices: `[N]` dataset indices of the scored pool subset (CPU).
+    """
+
+    system: ActiveLearningSystem
+    datamodule: ImageClassificationData
+    device: torch.device
+    seed: int
+    cycle: int
+    labeled_indices: Tensor
+    pool_indices: Tensor
+
+    def generator(self, stream: str, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator for the named `stream`, seeded from (seed, cycle, stream) only."""
+        return make_generator(self.seed, self.cycle, stream, device or self.device)
 
 
 @dataclass
@@ -34,10 +72,16 @@ class PoolOutputs:
             (over MC-dropout samples), `label_counts` `[N, K]` int (predicted label per
             recorded epoch), `pool_td` `[N, K]` (mean softmax over recorded epochs);
             labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`.
+        labeled_targets: `[L]` int64 labels of the labeled set, in the order of the
+            `labeled_*` outputs (the loop fills it in; None where nobody did).
+        context: the trained system and the data, for strategies that need more than the
+            outputs (see `QueryContext`); None in unit tests that pass outputs only.
     """
 
     indices: Tensor
     outputs: dict[str, Tensor] = field(default_factory=dict)
+    labeled_targets: Tensor | None = None
+    context: QueryContext | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -105,3 +149,23 @@ class Strategy:
         scores = self.score(pool)
         order = torch.sort(scores, descending=True, stable=True).indices
         return order[:budget].cpu()
+
+
+# Keys every strategy accepts, handled here rather than in each strategy's __init__.
+SHARED_KEYS: dict[str, Any] = {}
+
+
+def build_strategy(config: DictConfig) -> Strategy:
+    """The strategy `config` (the `strategy` group) names, with the shared keys applied.
+
+    The shared keys (`SHARED_KEYS`, with their defaults) are taken out before Hydra
+    instantiates the class and set as attributes after, so one key works for every
+    strategy without each one's `__init__` repeating it.
+    """
+    own = OmegaConf.to_container(config, resolve=True)
+    assert isinstance(own, dict)
+    shared = {key: own.pop(key, default) for key, default in SHARED_KEYS.items()}
+    strategy: Strategy = instantiate(own)
+    for key, value in shared.items():
+        setattr(strategy, key, value)
+    return strategy
