@@ -1,4 +1,4 @@
-"""`python -m tidal_lightning [overrides]`: compose the config, run the AL loop."""
+"""`python -m tidal_lightning [overrides]`: check the command, compose the config, run the loop."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from omegaconf import DictConfig
 
 from tidal_lightning import resolvers
 from tidal_lightning.errors import TidalError
+from tidal_lightning.signals import Terminated, quiet_repeats, terminate_on_sigterm
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# A process ended by SIGTERM exits 128 + 15, as the shell reports it.
+SIGTERM_EXIT = 143
 
 
 def config_dir() -> str:
@@ -45,7 +48,21 @@ def _task(cfg: DictConfig) -> None:
 def main() -> None:
     resolvers.register()
     sys.argv[1:] = multirun_flag_first(sys.argv[1:])
-    _task()
+    from tidal_lightning import preflight
+
+    try:
+        # every job of the command, checked before Hydra makes a folder or a job trains
+        preflight.check(config_dir(), sys.argv[1:])
+    except TidalError as error:
+        sys.exit(f"error: {error}")
+    quiet_repeats()
+    try:
+        with terminate_on_sigterm():
+            _task()
+    except Terminated:
+        # Committed cycles are in state.pt; the same command resumes after the last one.
+        print("terminated (SIGTERM): run the same command to resume", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
 
 
 if __name__ == "__main__":

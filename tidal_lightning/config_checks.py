@@ -14,8 +14,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raises `ConfigError` listing every bad key, its value and what is allowed."""
+def validate_config(cfg: DictConfig, multirun: bool | None = None) -> None:
+    """Raises `ConfigError` listing every bad key, its value and what is allowed.
+
+    Args:
+        multirun: whether the config is a job of a sweep; None asks Hydra.
+    """
     al = cfg.al
     problems = [
         f"{key}: must be set (e.g. dataset.root=<your image folder> with dataset=image_folder)"
@@ -49,10 +53,13 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if not _is_int(cfg.get("seed")):
         problems.append(f"seed={cfg.get('seed')!r}: must be an integer")
+    epochs = cfg.trainer.get("max_epochs")
+    if not _is_int(epochs) or epochs < 1:
+        problems.append(f"trainer.max_epochs={epochs!r}: must be an integer >= 1")
     td_weight = cfg.model.get("td_weight")
     if isinstance(td_weight, bool) or not isinstance(td_weight, int | float) or td_weight < 0:
         problems.append(f"model.td_weight={td_weight!r}: must be a number >= 0")
-    problems += _ddp_problems(cfg)
+    problems += _ddp_problems(cfg, is_multirun() if multirun is None else multirun)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -73,7 +80,7 @@ def validate_pool_sizes(cfg: DictConfig, pool_size: int) -> None:
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
-def _ddp_problems(cfg: DictConfig) -> list[str]:
+def _ddp_problems(cfg: DictConfig, multirun: bool) -> list[str]:
     """Multi-device runs: Lightning DDP with its script launcher, a single run, simulated labels.
 
     Rank 0 starts the other ranks at the first `trainer.fit`; each re-runs the command,
@@ -96,7 +103,7 @@ def _ddp_problems(cfg: DictConfig) -> list[str]:
             f"oracle=file with trainer.devices={devices}: runs that stop for labels train on one "
             "device; use trainer.devices=1"
         )
-    if is_multirun():
+    if multirun:
         problems.append(
             f"trainer.devices={devices} in a sweep (-m): Lightning's DDP launcher re-runs the "
             "command line, sweep included; run each multi-device job on its own, or sweep with "

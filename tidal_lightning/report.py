@@ -83,6 +83,7 @@ class Run:
     """One finished run's learning curve; `num_labeled` is sorted ascending."""
 
     folder: str
+    overrides: tuple[str, ...] | None
     strategy: str
     seed: int
     dataset: str
@@ -166,6 +167,7 @@ class SweepReport:
     report_md: Path
     report_csv: Path
     learning_curves: Path
+    notes: list[str] = field(default_factory=list)
 
 
 # --- reading run folders ---------------------------------------------------------------------
@@ -226,6 +228,54 @@ def _read_curve(path: Path) -> tuple[list[tuple[int, float]], list[str]]:
     return sorted(points), []
 
 
+# `hydra.sweep.subdir` of this project's sweeps (named from the overrides) and Hydra's default.
+_NAMED_SUBDIR = "${tidal.dirname:${hydra.job.override_dirname}}"
+_NUMBERED_SUBDIR = "${hydra.job.num}"
+
+
+def declared_jobs(sweep_dir: Path) -> tuple[dict[str, tuple[str, ...]], str | None]:
+    """The job folders the sweep's grid (its `multirun.yaml`) declares, with their overrides.
+
+    Hydra writes `multirun.yaml` before the first job starts, so jobs that never started
+    (a sweep killed early) are known from it. Returns `{folder: overrides}` and a note when
+    the grid cannot be read (no such file, or job folders named in a way not known here).
+    """
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return {}, None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        hydra = raw["hydra"]
+        params = hydra["sweeper"].get("params") or {}
+        task = [str(o) for o in hydra["overrides"]["task"]]
+        subdir = str(hydra["sweep"]["subdir"])
+        naming = hydra["job"]["config"]["override_dirname"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        return {}, f"the sweep's grid in {path} cannot be read ({error}); missing jobs not checked"
+    from tidal_lightning.preflight import expand_grid, job_folder_name
+
+    jobs = expand_grid(params, task)
+    if subdir == _NUMBERED_SUBDIR:
+        return {str(n): tuple(job) for n, job in enumerate(jobs)}, None
+    if subdir != _NAMED_SUBDIR:
+        return {}, f"job folders are named by hydra.sweep.subdir={subdir}: missing jobs not checked"
+    exclude = [str(k) for k in naming.get("exclude_keys") or []]
+    if naming.get("item_sep") == "\x1f":
+        return {job_folder_name(job, exclude): tuple(job) for job in jobs}, None
+    # sweeps from before the folder names became shell-safe: `a=1,b=2`, `/` as `_`
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    names = {}
+    for job in jobs:
+        kept = sorted(
+            str(o.input_line)
+            for o in OverridesParser.create().parse_overrides(job)
+            if not o.key_or_group.startswith("hydra") and o.key_or_group not in exclude
+        )
+        names[",".join(kept).replace("/", "_") or "defaults"] = tuple(job)
+    return names, None
+
+
 def read_run(run_dir: Path, sweep_dir: Path) -> Run | Problem:
     """One job folder as a finished `Run`, or as a `Problem` that says what is wrong with it."""
     folder = run_dir.relative_to(sweep_dir).as_posix() or "."
@@ -270,6 +320,7 @@ def read_run(run_dir: Path, sweep_dir: Path) -> Run | Problem:
         return Problem(folder, overrides, "run_summary.json has a non-numeric seed/imbalance_ratio")
     return Run(
         folder=folder,
+        overrides=overrides,
         strategy=str(strategy),
         seed=seed,
         dataset=str(summary["dataset"]),
@@ -429,7 +480,7 @@ def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[Problem]]:
             problems.append(
                 Problem(
                     run.folder,
-                    None,
+                    run.overrides,
                     f"duplicate of `{kept[key].folder}` (same dataset, imbalance ratio, strategy "
                     f"`{run.strategy}` and seed {run.seed}); only the first is used",
                 )
@@ -541,6 +592,7 @@ def render_markdown(report: SweepReport, run_folders: int) -> str:
         "## Missing, failed or unfinished runs (excluded from the statistics)",
         "",
     ]
+    lines += [f"Note: {note}." for note in report.notes]
     if report.problems:
         rows = [
             [
@@ -594,20 +646,65 @@ def render_csv(groups: list[GroupReport]) -> str:
     return buffer.getvalue()
 
 
+# Okabe & Ito's colour-blind-safe palette (black kept for the baseline) and markers: strategy i
+# gets colour i mod 7 and marker i mod 9, so the first 63 strategies differ in the pair.
+_COLOURS = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#B8A400")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+# The methods the two papers propose, drawn heavier than the baselines.
+HIGHLIGHTED = frozenset({"tidal_entropy", "tidal_margin", "dispersion"})
+
+
+def strategy_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Matplotlib line styles per strategy: distinct colour-marker pairs, random black dashed."""
+    styles: dict[str, dict[str, Any]] = {}
+    others = [n for n in names if n != BASELINE]
+    for i, name in enumerate(others):
+        highlighted = name in HIGHLIGHTED
+        styles[name] = {
+            "color": _COLOURS[i % len(_COLOURS)],
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": "-" if highlighted else (0, (4, 1.5)) if i % 2 else "-.",
+            "linewidth": 2.6 if highlighted else 1.3,
+            "markersize": 6 if highlighted else 4.5,
+            "zorder": 3 if highlighted else 2,
+        }
+    if BASELINE in names:
+        styles[BASELINE] = {
+            "color": "black",
+            "marker": "o",
+            "linestyle": "--",
+            "linewidth": 1.8,
+            "markersize": 4.5,
+            "zorder": 2.5,
+        }
+    return styles
+
+
 def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
-    """One subplot per group: mean test accuracy per strategy against labeled size, ±std band."""
+    """One subplot per group: mean test accuracy per strategy against labeled size, ±std band.
+
+    Each strategy keeps one style (colour-blind-safe colour, marker, line) in every subplot;
+    the papers' methods are drawn heavier; one legend sits outside the axes.
+    """
     # The object API with an explicit Agg canvas: no pyplot global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    names = _strategy_order({s for g in groups for s in g.strategies})
+    # the legend: the baseline, the papers' methods, then the rest; 16 entries a column
+    names = sorted(names, key=lambda s: (s != BASELINE, s not in HIGHLIGHTED, s))
+    legend_columns = max(1, math.ceil(len(names) / 16))
+    legend_rows = math.ceil(len(names) / legend_columns)
     columns = min(3, max(1, len(groups)))
     rows = max(1, math.ceil(len(groups) / columns))
-    figure = Figure(figsize=(5 * columns, 3.8 * rows), layout="constrained")
+    figure = Figure(
+        figsize=(5.2 * columns + 2.4 * legend_columns, max(4.0 * rows, 0.26 * legend_rows + 1)),
+        layout="constrained",
+    )
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    # One colour per strategy across all subplots, so a strategy is recognisable everywhere.
-    names = _strategy_order({s for g in groups for s in g.strategies})
-    colours = {s: f"C{i % 10}" for i, s in enumerate(names)}
+    styles = strategy_styles(names)
+    handles: dict[str, Any] = {}
     for axis, group in zip(axes, groups, strict=False):
         for strategy in group.strategies:
             cells = sorted(
@@ -617,18 +714,31 @@ def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
             x = np.array([c.num_labeled for c in cells])
             mean = np.array([c.mean for c in cells])
             std = np.array([c.std for c in cells])
-            seeds = len(group.aulc[strategy].seeds)
-            axis.plot(x, mean, marker="o", color=colours[strategy], label=f"{strategy} (n={seeds})")
-            axis.fill_between(x, mean - std, mean + std, color=colours[strategy], alpha=0.2)
+            style = styles[strategy]
+            (line,) = axis.plot(x, mean, **style)
+            axis.fill_between(
+                x, mean - std, mean + std, color=style["color"], alpha=0.1, linewidth=0
+            )
+            handles[strategy] = line
         axis.set_title(group.title)
         axis.set_xlabel("labeled samples")
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
     for axis in axes[len(groups) :]:
         axis.set_axis_off()
     if not groups:
         axes[0].text(0.5, 0.5, "no finished runs", ha="center", va="center")
+    if handles:
+        seeds = {s: max(len(g.aulc[s].seeds) for g in groups if s in g.aulc) for s in handles}
+        shown = [s for s in names if s in handles]
+        figure.legend(
+            [handles[s] for s in shown],
+            [f"{s} (n={seeds[s]})" for s in shown],
+            loc="outside right upper",
+            fontsize="small",
+            title="strategy (seeds)",
+            ncols=legend_columns,
+        )
     figure.savefig(path, dpi=120)
 
 
@@ -643,7 +753,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
     if not sweep_dir.is_dir():
         raise ReportError(f"sweep folder {sweep_dir} does not exist or is not a folder")
     folders = find_run_folders(sweep_dir)
-    if not folders:
+    if not folders and not (sweep_dir / "multirun.yaml").is_file():
         raise ReportError(
             f"{sweep_dir} holds no run folders: expected a Hydra multirun folder whose job "
             "subfolders (e.g. 0/, 1/) hold results.csv and run_summary.json (or at least .hydra/)"
@@ -657,7 +767,14 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
         else:
             problems.append(result)
     runs, duplicates = _drop_duplicates(runs)
-    problems = sorted(problems + duplicates, key=lambda p: p.folder)
+    declared, grid_note = declared_jobs(sweep_dir)
+    present = {folder.relative_to(sweep_dir).as_posix() for folder in folders}
+    never_started = [
+        Problem(name, job, "in the sweep's grid (multirun.yaml) but never started: no folder")
+        for name, job in declared.items()
+        if name not in present
+    ]
+    problems = sorted(problems + duplicates + never_started, key=lambda p: p.folder)
 
     by_group: dict[tuple[str, float], list[Run]] = defaultdict(list)
     for run in runs:
@@ -674,6 +791,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
         report_md=out_dir / "report.md",
         report_csv=out_dir / "report.csv",
         learning_curves=out_dir / "learning_curves.png",
+        notes=[grid_note] if grid_note else [],
     )
     report.report_md.write_text(render_markdown(report, len(folders)), encoding="utf-8")
     report.report_csv.write_text(render_csv(groups), encoding="utf-8")

@@ -76,13 +76,13 @@ def test_multirun_sweep_over_every_strategy(tmp_path: Path) -> None:
     names = ALL_STRATEGIES.split(",")
     # each job's folder is named from its overrides
     jobs = {p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
-    expected = {f"+experiment=smoke,al.cycles=2,strategy={n},trainer.max_epochs=2" for n in names}
+    expected = {f"experiment-smoke__al.cycles-2__strategy-{n}__trainer.max_epochs-2" for n in names}
     assert jobs == expected
     for name in names:
         job = (
             tmp_path
             / "sweep"
-            / f"+experiment=smoke,al.cycles=2,strategy={name},trainer.max_epochs=2"
+            / f"experiment-smoke__al.cycles-2__strategy-{name}__trainer.max_epochs-2"
         )
         with open(job / "results.csv") as handle:
             assert len(list(csv.DictReader(handle))) == 2

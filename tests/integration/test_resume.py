@@ -125,8 +125,8 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_the_killed_one(tmp_path: Pa
     killed = cli(*sweep, cwd=tmp_path, kill="mid_query")
     assert killed.returncode == -9
     jobs = tmp_path / "sweep"
-    dispersion = jobs / "+experiment=smoke,al.cycles=3,strategy=dispersion"
-    random = jobs / "+experiment=smoke,al.cycles=3,strategy=random"
+    dispersion = jobs / "experiment-smoke__al.cycles-3__strategy-dispersion"
+    random = jobs / "experiment-smoke__al.cycles-3__strategy-random"
     assert (dispersion / "state.pt").exists() and not random.exists()
     rerun = cli(*sweep, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import os
 from argparse import Namespace
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger, WandbLogger
+from hydra.utils import instantiate
+from lightning_fabric.loggers.csv_logs import _ExperimentWriter
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from tidal_lightning.al.records import atomic_write_text
 
 
 class CycleStepLogger(Logger):
@@ -21,13 +32,17 @@ class CycleStepLogger(Logger):
     Args:
         inner: the configured Lightning logger.
         offset: the step the first cycle run by this process starts at (non-zero on resume).
+        keep_below: a resumed CSV log keeps the rows of the steps below this (the committed
+            cycles'); default `offset`.
     """
 
-    def __init__(self, inner: Logger, offset: int = 0) -> None:
+    def __init__(self, inner: Logger, offset: int = 0, keep_below: int | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.offset = offset
         self.cycle = 0
+        if isinstance(inner, ResumableCSVLogger):
+            inner.keep_steps_below(offset if keep_below is None else keep_below)
 
     def start_cycle(self, cycle: int) -> None:
         self.cycle = cycle
@@ -95,3 +110,134 @@ class CycleStepLogger(Logger):
 
     def finalize(self, status: str) -> None:
         self.inner.finalize(status)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing `metrics.csv` is continued, not deleted.
+
+    Lightning's writer deletes the file it finds (it assumes a new experiment), so every
+    resumed run would lose the curves of the cycles before it. This one keeps the rows of
+    the committed steps (`step < keep_below`) and drops those a killed attempt logged
+    beyond them, which the resumed run logs again.
+    """
+
+    def __init__(self, log_dir: str, keep_below: int) -> None:
+        self.keep_below = keep_below
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+        header = list(reader.fieldnames or [])
+        kept = [row for row in reader if _step(row) < self.keep_below]
+        self.metrics_keys = sorted(header)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, buffer.getvalue())
+
+
+def _step(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return math.nan
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's `CSVLogger` whose `metrics.csv` survives any number of resumes.
+
+    `CycleStepLogger` tells it where the committed cycles' steps end (`keep_steps_below`)
+    before anything is logged; rows from there on (a killed cycle's) are dropped and the
+    rest is continued.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_below = 0
+
+    def keep_steps_below(self, step: int) -> None:
+        self._keep_below = step
+
+    @property
+    def experiment(self) -> _ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(self.log_dir, self._keep_below)
+        return self._experiment
+
+
+def upper_bound_steps(max_epochs: int, num_labeled: int, batch_size: int) -> int:
+    """At most how many optimiser steps one cycle takes: a killed cycle logged no further."""
+    return max_epochs * math.ceil(num_labeled / batch_size) + 1
+
+
+def make_logger(
+    cfg: DictConfig,
+    summary: dict[str, Any],
+    logger_id: str,
+    config: dict[str, Any],
+    offset: int = 0,
+    keep_below: int | None = None,
+) -> CycleStepLogger | None:
+    """The configured logger wrapped so steps keep increasing across cycles, or None.
+
+    Keys the logger config leaves null are filled in from the run: for W&B the run `id`
+    (kept in the state, so a resumed run logs into the same W&B run rather than a new
+    one), a `name` and `tags` from strategy, dataset, imbalance ratio and seed.
+
+    Args:
+        summary: the run summary (strategy, dataset, imbalance ratio, seed).
+        logger_id: the run's logger id.
+        config: the resolved config, logged as the hyperparameters.
+        offset, keep_below: see `CycleStepLogger`.
+    """
+    if not cfg.get("logger"):
+        return None
+    filled = {
+        "id": logger_id,
+        "name": f"{summary['strategy_name']}-{summary['dataset']}"
+        f"-ir{summary['imbalance_ratio']:g}-seed{summary['seed']}",
+        "tags": [
+            str(summary["dataset"]),
+            f"imbalance_ratio={summary['imbalance_ratio']:g}",
+            str(summary["strategy_name"]),
+            f"seed={summary['seed']}",
+        ],
+    }
+    extra = {k: v for k, v in filled.items() if k in cfg.logger and cfg.logger[k] is None}
+    logger = CycleStepLogger(instantiate(cfg.logger, **extra), offset, keep_below)
+    logger.log_hyperparams(config)
+    define_metric = getattr(logger.experiment, "define_metric", None)
+    if callable(define_metric):
+        # W&B: chart `al/*` against `al/num_labeled` (Lightning's loggers otherwise use steps)
+        define_metric("al/num_labeled")
+        define_metric("al/*", step_metric="al/num_labeled")
+    return logger
+
+
+def log_cycle(logger: CycleStepLogger | None, row: dict[str, Any]) -> None:
+    """Logs the row's numeric per-cycle values as `al/<column>`; blanks and inf are skipped."""
+    if logger is None:
+        return
+    metrics = {
+        f"al/{name}": float(value)
+        for name, value in row.items()
+        if name != "cycle" and isinstance(value, int | float) and math.isfinite(value)
+    }
+    logger.log_metrics({**metrics, "al/cycle": row["cycle"]})
+
+
+def close_logger(logger: CycleStepLogger | None, status: str = "success") -> None:
+    """Finalises the logger; W&B's run is finished so its files are complete on return."""
+    if logger is None:
+        return
+    logger.finalize(status)
+    # Lightning leaves W&B runs open until interpreter exit; close it so the run's files
+    # (summary included) are complete when `run` returns, e.g. between sweep jobs.
+    finish = getattr(logger.experiment, "finish", None)
+    if callable(finish):
+        finish()

@@ -10,13 +10,20 @@ import subprocess
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from tidal_lightning import distributed
-from tidal_lightning.errors import RunFolderError
+from tidal_lightning.al.scoring import imbalance_ratio
+
+if TYPE_CHECKING:
+    from tidal_lightning.al.oracle import Oracle
+    from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
+    from tidal_lightning.data.datamodules import ImageClassificationData
+    from tidal_lightning.strategies.base import Strategy
 
 _PACKAGES = (
     "tidal_lightning",
@@ -27,6 +34,19 @@ _PACKAGES = (
     "omegaconf",
     "torchmetrics",
     "wandb",
+)
+
+
+# results.csv columns a query fills in; blank in a cycle without one
+QUERY_COLUMNS = (
+    "query_seconds",
+    "query_peak_mem_mb",
+    "query_distinct_classes",
+    "record_seconds",
+    "record_overhead",
+    "td_pool_kl",
+    "td_pool_spearman",
+    "td_pool_margin_spearman",
 )
 
 
@@ -112,17 +132,6 @@ class RunRecords:
         self.queries_path = run_dir / "queries.csv"
         self.summary_path = run_dir / "run_summary.json"
 
-    @staticmethod
-    def check_fresh(run_dir: Path) -> None:
-        """Refuses to start in a folder that holds another run's results but no state to resume."""
-        taken = [p.name for p in (run_dir / "results.csv", run_dir / "queries.csv") if p.exists()]
-        if taken:
-            raise RunFolderError(
-                f"{run_dir} already holds {', '.join(taken)} from an earlier run that left no "
-                "state.pt to resume from; pick another hydra.run.dir (or move those files away) "
-                "so they are not overwritten."
-            )
-
     @property
     def result_columns(self) -> list[str]:
         k = range(self.num_classes)
@@ -151,6 +160,7 @@ class RunRecords:
         label_rounds: list[Tensor],
         targets: Tensor,
         summary: dict[str, Any],
+        paths: list[str] | None = None,
     ) -> None:
         """Rewrites results.csv, queries.csv and run_summary.json.
 
@@ -159,6 +169,8 @@ class RunRecords:
             label_rounds: `[B_r]` dataset indices labeled in round r (round 0 = initial set).
             targets: `[N]` labels of the training split (-1: not known yet).
             summary: the run_summary.json object.
+            paths: `[N]` the training images' file paths (image folders): queries.csv then
+                names the file each label belongs to.
 
         Only the main process writes (under DDP every rank holds the same rows).
         """
@@ -171,10 +183,112 @@ class RunRecords:
         body = [[r[c] for c in self.result_columns] for r in results]
         queries = [
             # a label still awaited from a person (oracle=file) is blank
-            [cycle, index, label if label >= 0 else ""]
+            [
+                cycle,
+                index,
+                *([paths[index]] if paths is not None else []),
+                label if label >= 0 else "",
+            ]
             for cycle, indices in enumerate(label_rounds)
             for index, label in zip(indices.tolist(), targets[indices].tolist(), strict=True)
         ]
-        atomic_write_text(self.queries_path, csv_text(["cycle", "index", "label"], queries))
+        header = ["cycle", "index", *(["path"] if paths is not None else []), "label"]
+        atomic_write_text(self.queries_path, csv_text(header, queries))
         atomic_write_text(self.results_path, csv_text(self.result_columns, body))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
+
+
+def initial_summary(
+    cfg: DictConfig,
+    datamodule: ImageClassificationData,
+    strategy: Strategy,
+    oracle: Oracle,
+    pool_indices: Tensor,
+) -> dict[str, Any]:
+    """run_summary.json before the first cycle; the loop updates progress and accuracy."""
+    pool_targets = datamodule.train_targets[pool_indices]
+    # counts of the labels known at the start (all of them, unless a person labels as it goes)
+    known = pool_targets[pool_targets >= 0]
+    return {
+        "status": "running",
+        "dataset": datamodule.dataset_name,
+        "num_classes": datamodule.num_classes,
+        "classes": datamodule.classes,
+        "imbalance_ratio": datamodule.imbalance_ratio,
+        "train_split_size": len(datamodule.train_targets),
+        "train_pool_class_counts": torch.bincount(known, minlength=datamodule.num_classes).tolist(),
+        "train_pool_unlabeled": len(pool_targets) - len(known),
+        "test_size": len(datamodule.test_targets),
+        "strategy": type(strategy).__name__,
+        # the strategy's config name (e.g. `tidal_margin`): what sweeps and reports use
+        "strategy_name": strategy_name(cfg),
+        "oracle": type(oracle).__name__,
+        "seed": int(cfg.seed),
+        "cycles_completed": 0,
+        "final_test_acc": None,
+        "git_commit": git_commit(),
+        "package_versions": package_versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def strategy_name(cfg: DictConfig) -> str:
+    """The `strategy=<name>` the config was composed with; the class's module name otherwise."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return str(HydraConfig.get().runtime.choices["strategy"])
+    except (ImportError, KeyError, ValueError):
+        pass
+    return str(cfg.strategy._target_).rsplit(".", 2)[-2]
+
+
+def result_row(
+    cycle: int,
+    labeled: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    test_acc: float | None,
+    per_class: Tensor | None,
+    train_seconds: float,
+    recorder: PoolDynamicsRecorder | None,
+) -> dict[str, Any]:
+    """One results.csv row; the query columns stay blank until (unless) a query runs.
+
+    Without a test split `test_acc` and `per_class` are None and their columns blank.
+    """
+    counts = torch.bincount(targets[labeled], minlength=num_classes)
+    accuracies = per_class.tolist() if per_class is not None else [None] * num_classes
+    row: dict[str, Any] = {
+        "cycle": cycle,
+        "num_labeled": len(labeled),
+        "test_acc": round(test_acc, 6) if test_acc is not None else "",
+        **{
+            f"acc_class_{c}": round(a, 6) if a is not None else "" for c, a in enumerate(accuracies)
+        },
+        "train_seconds": round(train_seconds, 3),
+        "labeled_imbalance_ratio": round(imbalance_ratio(counts), 4),
+        **{f"labeled_class_{c}": int(n) for c, n in enumerate(counts.tolist())},
+        **dict.fromkeys(QUERY_COLUMNS, ""),
+        **{f"queried_class_{c}": "" for c in range(num_classes)},
+    }
+    if recorder is not None:
+        # The recorder runs inside fit, so train_seconds includes it; its overhead is
+        # relative to the training it was added to.
+        row["record_seconds"] = round(recorder.seconds, 3)
+        row["record_overhead"] = round(recorder.seconds / (train_seconds - recorder.seconds), 4)
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The per-cycle table the run prints: cycle, labeled, test accuracy, seconds."""
+    lines = [f"{'cycle':>5} {'labeled':>8} {'test_acc':>9} {'train_s':>8} {'query_s':>8}"]
+    for r in rows:
+        query = f"{r['query_seconds']:8.1f}" if r["query_seconds"] != "" else f"{'-':>8}"
+        # blank without a test split (an image folder without dataset.test_csv)
+        test_acc = f"{r['test_acc']:>9.4f}" if r["test_acc"] != "" else f"{'-':>9}"
+        lines.append(
+            f"{r['cycle']:>5} {r['num_labeled']:>8} {test_acc} {r['train_seconds']:>8.1f} {query}"
+        )
+    return "\n".join(lines)

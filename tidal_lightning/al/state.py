@@ -34,6 +34,8 @@ RESUME_IGNORED_KEYS = (
     # which file the labels are imported from, and where Label Studio serves images from
     "oracle.labels",
     "oracle.document_root",
+    # which cycles' checkpoints are kept: files beside the run, not what it computes
+    "al.checkpoints",
 )
 
 # Keys added after runs were already started: a saved config without one ran as this value.
@@ -62,6 +64,8 @@ class RunState:
             round awaiting labels has none yet (runs from before this field have none).
         pending: the label request the run stopped for (`oracle=file`), see
             `LabelRequest.to_state`; its samples are the last label round. None: none.
+        manifest: the training files the dataset indices refer to (image folders), see
+            `data.manifest.Manifest.to_state`; None for datasets that are not files.
     """
 
     config: dict[str, Any]
@@ -76,6 +80,7 @@ class RunState:
     logger_step: int = 0
     round_labels: list[Tensor] = field(default_factory=list)
     pending: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
 
     def save(self, run_dir: Path) -> None:
         """Writes `state.pt` to a temp file, fsyncs and renames it into place.
@@ -120,6 +125,29 @@ class RunState:
                 f"{', ...' if len(changed) > 5 else ''}); resuming it would mix two "
                 "experiments. Use the original settings to resume, or another hydra.run.dir."
             )
+
+
+def check_run_folder(run_dir: Path, config: dict[str, Any]) -> RunState | None:
+    """The state a run of `config` in `run_dir` resumes, after checking that it may.
+
+    Refuses (`RunFolderError`) a folder holding another config's run, or results that no
+    state records; reads nothing but `state.pt` and writes nothing.
+
+    Returns:
+        The saved state (possibly finished), or None for a fresh start.
+    """
+    state = RunState.load(run_dir)
+    if state is None:
+        taken = [p.name for p in (run_dir / "results.csv", run_dir / "queries.csv") if p.exists()]
+        if taken:
+            raise RunFolderError(
+                f"{run_dir} already holds {', '.join(taken)} from an earlier run that left no "
+                "state.pt to resume from; pick another hydra.run.dir (or move those files "
+                "away) so they are not overwritten."
+            )
+        return None
+    state.check_same_config(config, run_dir)
+    return state
 
 
 def _ignored(key: str) -> bool:

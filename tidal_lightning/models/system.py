@@ -146,11 +146,15 @@ class ActiveLearningSystem(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._loss_sums = None
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_loss_means(self) -> dict[str, Tensor]:
+        """This epoch's batch-size-weighted mean losses so far (`name -> []`, on the device)."""
         if self._loss_sums is None or not self._samples_seen:
-            return
+            return {}
         means = self._loss_sums / self._samples_seen
-        for name, value in zip(self._loss_names, means, strict=True):
+        return dict(zip(self._loss_names, means, strict=True))
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.epoch_loss_means().items():
             # sync_dist: under DDP the logged mean is over all ranks' samples (one
             # all-reduce per epoch; every rank takes the same number of equal batches)
             self.log(
