@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from tidal_lightning.errors import ConfigError
@@ -59,9 +61,29 @@ def validate_config(cfg: DictConfig, multirun: bool | None = None) -> None:
     td_weight = cfg.model.get("td_weight")
     if isinstance(td_weight, bool) or not isinstance(td_weight, int | float) or td_weight < 0:
         problems.append(f"model.td_weight={td_weight!r}: must be a number >= 0")
+    problems += data_root_problems(cfg)
     problems += _ddp_problems(cfg, is_multirun() if multirun is None else multirun)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def data_root_problems(cfg: DictConfig) -> list[str]:
+    """`dataset.root` must be a folder; only the default data folder is created when missing.
+
+    A mistyped root would otherwise be created and filled with a fresh copy (or download) of
+    the dataset, and the run would look as if it had found its data.
+    """
+    root = cfg.dataset.get("root")
+    default = cfg.get("paths", {}).get("data_dir")
+    if root is None or OmegaConf.is_missing(cfg.dataset, "root") or Path(str(root)).is_dir():
+        return []
+    if default is not None and Path(str(root)).resolve() == Path(str(default)).resolve():
+        return []
+    return [
+        f"dataset.root={root}: no such folder. Point it at the folder that holds the dataset, "
+        f"or create it first (mkdir -p {root}) to download into it; the default data folder "
+        f"(paths.data_dir={default}) is created when missing"
+    ]
 
 
 def validate_pool_sizes(cfg: DictConfig, pool_size: int) -> None:

@@ -126,8 +126,12 @@ def write_predictions(out: Path, classes: list[str], names: list[str], probs: to
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(f"{USAGE}\n\n{__doc__}")
+        return
     try:
-        settings = parse_args(sys.argv[1:] if argv is None else argv)
+        settings = parse_args(argv)
         classes, names, probs = predict(
             settings["checkpoint"], settings["images"], settings["batch_size"], settings["device"]
         )

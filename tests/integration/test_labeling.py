@@ -11,8 +11,11 @@ import csv
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,10 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from tests.conftest import compose_config, run_cli
+from tests.conftest import REPO, compose_config, run_cli
 from tidal_lightning.al.loop import run
 from tidal_lightning.al.oracle import LabelFileError
+from tidal_lightning.errors import TidalError
 
 pytestmark = pytest.mark.slow
 CLASSES = ["red", "green", "blue"]
@@ -141,7 +145,7 @@ def pending(data: dict, simulated: Path) -> Path:
     )
     assert f"9 images wait in {out / 'to_label' / 'cycle_1.csv'}" in said
     assert "Fill its `label` column with one of: red, green, blue" in said
-    assert f"hydra.run.dir={out}" in said and "oracle.labels=<file>" in said
+    assert f"hydra.run.dir={out}" in said and 'oracle.labels="<file>"' in said
     return out
 
 
@@ -452,3 +456,127 @@ def test_cold_start_without_labels_or_test_split(data: dict, tmp_path: Path) -> 
     assert without_timings(out / "results.csv") == without_timings(
         tmp_path / "simulated" / "results.csv"
     )
+
+
+# ------------------------------------------------------------------ the pinned file list
+def own_folder(data: dict, tmp_path: Path) -> Path:
+    """A copy of the images a test may change (the module's folder stays as it is)."""
+    root = tmp_path / "images"
+    shutil.copytree(data["root"], root)
+    shutil.copytree(data["base"] / "test", tmp_path / "test")  # test.csv's ../test/ paths
+    return root
+
+
+def args_on(data: dict, root: Path, *extra: str) -> list[str]:
+    """`file_args`, but on the image folder `root`."""
+    return [
+        *tiny(root, "oracle=file", f"dataset.labels_csv={data['base'] / 'initial.csv'}"),
+        f"dataset.test_csv={data['base'] / 'test.csv'}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("added", "1 added: b/aaa_new.png"),
+        ("removed", "1 removed: a/img_000.png"),
+        ("rewritten", "1 rewritten (size or mtime): a/img_000.png"),
+    ],
+)
+def test_a_changed_image_folder_is_refused_before_anything_is_imported(
+    data: dict, pending: Path, tmp_path: Path, change: str, named: str
+) -> None:
+    root = own_folder(data, tmp_path)
+    out = tmp_path / "run"
+    cfg = compose_config(args_on(data, root), out)
+    assert len(run(cfg)) == 1  # stopped for cycle 1's labels
+    queries = read_rows(out / "queries.csv")
+    # queries.csv names the file of every label, not just its number
+    assert list(queries[0]) == ["cycle", "index", "path", "label"]
+    assert all(data["paths"][int(q["index"])] == q["path"] for q in queries)
+    to_label = out / "to_label" / "cycle_1.csv"
+    fill(to_label, data)
+    rows = read_rows(to_label)  # an `index,label` file: accepted when nothing has changed
+    write_csv(to_label, ["index", "label"], [[r["index"], r["label"]] for r in rows])
+    if change == "added":  # sorts before every other image of b/: every later index shifts
+        shutil.copy(root / "a" / "img_000.png", root / "b" / "aaa_new.png")
+    elif change == "removed":
+        (root / "a" / "img_000.png").unlink()
+    else:
+        write_png(root / "a" / "img_000.png", 0, np.random.default_rng(7))
+    before = tree_digest(out)
+    with pytest.raises(TidalError) as caught:
+        run(compose_config(args_on(data, root), out))
+    message = str(caught.value)
+    assert f"dataset.root={root} has changed since this run started" in message
+    assert named in message and "nothing was imported, trained or written" in message
+    assert tree_digest(out) == before
+
+
+# ----------------------------------------------------------- commands as a person pastes them
+def printed_commands(said: str) -> tuple[str, str]:
+    """The two commands a stop prints: go on, and go on importing another file."""
+    same = said.split("Then continue with:\n  ", 1)[1].splitlines()[0]
+    other = said.split("in place of <file>:\n  ", 1)[1].splitlines()[0]
+    return same, other
+
+
+def paste(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`command` run by bash exactly as printed, `python` being this environment's (as in an
+    activated virtual environment)."""
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_the_printed_commands_run_as_printed(data: dict, pending: Path, tmp_path: Path) -> None:
+    """Stop, continue as printed; stop, import another file as printed; the next stop's
+    command no longer names that file; all from other folders than the first run's."""
+    start = tmp_path / "start"
+    start.mkdir()
+    # no hydra.run.dir: the folder is named from the overrides, lists and paths included
+    first = run_cli(*args_on(data, data["root"], "al.cycles=4", "trainer.max_epochs=2"), cwd=start)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (start / "outputs" / "runs").iterdir()
+    assert re.fullmatch(r"[A-Za-z0-9._+@%-]+", run_dir.name), run_dir.name
+    same, _ = printed_commands(first.stdout + first.stderr)
+    fill(run_dir / "to_label" / "cycle_1.csv", data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    second = paste(same, elsewhere)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "imported 9 labels for cycle 1" in second.stdout + second.stderr
+    _, other = printed_commands(second.stdout + second.stderr)
+    answers = tmp_path / "answers, final.csv"  # a name a shell and Hydra both need quoted
+    shutil.copy(run_dir / "to_label" / "cycle_2.csv", answers)
+    fill(answers, data)
+    third = paste(other.replace("<file>", str(answers)), elsewhere)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "imported 9 labels for cycle 2" in third.stdout + third.stderr
+    same, _ = printed_commands(third.stdout + third.stderr)
+    assert "oracle.labels" not in same  # the last stop's answers are not imported again
+    fill(run_dir / "to_label" / "cycle_3.csv", data)
+    fourth = paste(same, tmp_path)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert json.loads((run_dir / "run_summary.json").read_text())["status"] == "finished"
+
+
+def test_a_refused_import_through_another_file_changes_no_byte(
+    data: dict, pending: Path, tmp_path: Path
+) -> None:
+    """Even `.hydra/`: a refused run with other overrides (`oracle.labels=`) records nothing."""
+    out = copy_run(pending, tmp_path)
+    bad = tmp_path / "bad.csv"
+    shutil.copy(out / "to_label" / "cycle_1.csv", bad)
+    write_bad(bad, "unknown_class", data)
+    before = tree_digest(out)
+    done = cli(*file_args(data, out, f"oracle.labels={bad}"), cwd=tmp_path)
+    assert done.returncode != 0 and "label 'purple' is not a class" in done.stderr
+    assert tree_digest(out) == before

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.integration.test_loop import wandb_items_when_written
 
 pytestmark = pytest.mark.slow
 SMOKE = ("+experiment=smoke", "strategy=dispersion", "al.cycles=3")
@@ -35,20 +37,26 @@ calls = {"train": 0, "query": 0, "save": 0}
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if point == "mid_epoch":  # cycle 1: 24 steps in cycle 0 (2 per epoch), then 3 per epoch
+def term():  # what `timeout`, `docker stop` and a SLURM time limit send
+    os.kill(os.getpid(), signal.SIGTERM)
+
+end = term if point.startswith("term") else die
+if point.startswith(("mid_epoch", "step", "term_step")):
+    # mid_epoch: cycle 1's fifth epoch (cycle 0 takes 2 steps an epoch, 20 in all; then 3)
+    at = 20 + 3 * 4 + 2 if point == "mid_epoch" else int(point.split(":")[1])
     step = ActiveLearningSystem.training_step
     def training_step(self, *args):
         calls["train"] += 1
-        if calls["train"] == 20 + 3 * 4 + 2:
-            die()
+        if calls["train"] == at:
+            end()
         return step(self, *args)
     ActiveLearningSystem.training_step = training_step
-elif point == "mid_query":  # the second query (after cycle 1's training)
+elif point in ("mid_query", "term_query"):  # the second query (after cycle 1's training)
     pool_pass = loop.pool_pass
     def patched(*args, **kwargs):
         calls["query"] += 1
         if calls["query"] == 2:
-            die()
+            end()
         return pool_pass(*args, **kwargs)
     loop.pool_pass = patched
 elif point == "between_cycles":  # right after state.pt commits cycle 1, before the CSVs follow
@@ -146,3 +154,56 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(tmp_path: Path) -> None:
     # one W&B run id, written in two sessions; `wandb sync` appends the second to the first
     assert len(runs) == 2
     assert len({run.name.rsplit("-", 1)[1] for run in runs}) == 1
+
+
+@pytest.mark.parametrize("point", ["term_step:34", "term_query"])
+def test_sigterm_exits_143_and_the_same_command_resumes(
+    tmp_path: Path, uninterrupted: Path, point: str
+) -> None:
+    out = tmp_path / "run"
+    terminated = cli(*SMOKE, f"hydra.run.dir={out}", cwd=tmp_path, kill=point)
+    assert terminated.returncode == 143, terminated.stderr[-3000:]
+    assert "run the same command to resume" in terminated.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "running" and summary["cycles_completed"] == 1
+    assert len(without_timings(out / "results.csv")) == 1  # consistent with the state
+    resumed = cli(*SMOKE, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert without_timings(out / "results.csv") == without_timings(uninterrupted / "results.csv")
+    assert (out / "queries.csv").read_bytes() == (uninterrupted / "queries.csv").read_bytes()
+
+
+def epoch_rows(rows: list[dict[str, str]]) -> dict[int, int]:
+    """cycle -> per-epoch training rows logged for it."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        if row.get("train/loss") not in (None, ""):
+            cycle = int(float(row["train/cycle"]))
+            counts[cycle] = counts.get(cycle, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb"])
+def test_training_curves_survive_two_kills(tmp_path: Path, logger: str) -> None:
+    """Killed in cycle 1, resumed and killed in cycle 2, resumed: every cycle's curve is kept."""
+    out = tmp_path / "run"
+    args = (*SMOKE, f"logger={logger}", f"hydra.run.dir={out}")
+    # cycle 1 (mid-epoch), then, resumed there, cycle 2 (30 steps into cycle 1 first)
+    for kill in ("mid_epoch", f"step:{30 + 3 * 4 + 2}"):
+        assert cli(*args, cwd=tmp_path, kill=kill).returncode == -9
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    if logger == "csv":
+        rows = list(csv.DictReader(io.StringIO((out / "csv" / "metrics.csv").read_text())))
+        # exactly one row per epoch: the killed cycles' partial rows are gone, none lost
+        assert epoch_rows(rows) == {0: 10, 1: 10, 2: 10}
+        steps = [float(r["step"]) for r in rows if r.get("train/loss")]
+        assert steps == sorted(steps) and len(set(steps)) == len(steps)
+        assert len([r for r in rows if r.get("al/test_acc")]) == 3
+    else:
+        counts: dict[int, int] = {}
+        for run_file in (out / "wandb").glob("offline-run-*/*.wandb"):
+            items = wandb_items_when_written(run_file, "train/cycle")
+            for cycle in items.get("train/cycle", []):
+                counts[int(cycle)] = counts.get(int(cycle), 0) + 1
+        # the killed attempts' partial epochs stay in W&B (it cannot delete), after them
+        assert all(counts.get(c, 0) >= 10 for c in range(3)), counts

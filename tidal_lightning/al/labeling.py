@@ -220,9 +220,11 @@ def continue_commands(run_dir: Path) -> tuple[str, str]:
         overrides = None
     command = "python -m tidal_lightning"
     if overrides is None:
-        return f"{command} <the overrides you ran with>", f"{command} <...> oracle.labels=<file>"
+        return f"{command} <the overrides you ran with>", f"{command} <...> 'oracle.labels=<file>'"
     kept = [o for o in overrides if not o.startswith(_PER_IMPORT_KEYS)]
     pinned = f"hydra.run.dir={hydra_value(str(run_dir.resolve()))}"
     same = " ".join([command, *map(shlex.quote, [*kept, pinned])])
-    other = " ".join([command, *map(shlex.quote, [*kept, "oracle.labels=<file>", pinned])])
+    # in Hydra's quotes, so any file name put in place of <file> (spaces, commas) reads as one
+    placeholder = 'oracle.labels="<file>"'
+    other = " ".join([command, *map(shlex.quote, [*kept, placeholder, pinned])])
     return same, other
