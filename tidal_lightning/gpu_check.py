@@ -36,6 +36,7 @@ This module imports only the standard library at the top: it runs before the ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -83,7 +84,6 @@ class Mode:
     """Sizes and limits of one kind of check."""
 
     name: str
-    device: str
     budget_s: float
     limits: dict[str, float]  # seconds per step, at most
     bench_args: tuple[str, ...]
@@ -95,7 +95,6 @@ class Mode:
 
 GPU = Mode(
     name="gpu",
-    device="cuda",
     budget_s=480.0,
     limits={
         "install": 60,
@@ -121,7 +120,6 @@ GPU = Mode(
 # About 35 CPU seconds; the limits are generous because CI and test runs share their cores.
 TINY = Mode(
     name="tiny",
-    device="cpu",
     budget_s=600.0,
     limits={
         "install": 60,
@@ -176,17 +174,15 @@ class Check:
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Stops a step's process and everything it started (its own process group)."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """Stops a step's process and everything it started (its own process group): SIGTERM,
+    5 s to exit, then SIGKILL for whatever is left (a DataLoader worker, say)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5.0)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _children_cpu_seconds() -> float:
