@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install data demo test test-fast lint format clean bench
+.PHONY: help install data demo test test-fast lint format clean bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ test-fast: install ## unit tests only
 
 bench: install ## speed benchmark side by side (TD overhead, Lightning vs raw, data path, scoring): bench.json, ~11 min on 2 cores
 	$(PY) -m tidal_lightning.bench $(BENCH_ARGS)
+
+gpu-wheels: data ## what the GPU check carries: wheels the GPU machine lacks (.whl/), real Fashion-MNIST (.gpu_data/)
+	PY=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash scripts/gpu_wheels.sh
+
+gpu-check: ## the GPU check, one command of at most 8 min (GPU_CHECK_OUT=folder; --tiny on a CPU: GPU_CHECK_ARGS=--tiny)
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS) $(or $(GPU_CHECK_OUT),gpu_check)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check tidal_lightning tests

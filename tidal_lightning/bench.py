@@ -15,6 +15,13 @@ One run measures, side by side, on synthetic data (no dataset needed):
 
 plus, on CUDA, ResNet-18 training images/s for fp32 / bf16-mixed, channels_last, compile.
 
+`--short` is the GPU check's form (`scripts/gpu_check.sh`, a few minutes on a GPU): sections 1
+and 2 (the TD overhead and Lightning-vs-raw ratios), scoring at two pool sizes, and five rows
+of the speed options (fp32, fp32 + channels_last, bf16, bf16 + channels_last, and that with
+compile; on a CPU only fp32 and bf16 + channels_last, for the CPU tiny mode of the check).
+With `--out`, the JSON is rewritten after every section (`"complete": false` until the end),
+so a run stopped at a time limit keeps what it measured.
+
 Sections 1-4 run in repeats; every repeat trains each variant once, in an order rotated per
 repeat, and each ratio is the median of the per-repeat ratios, so machine noise hits all
 variants alike. Times are seconds per epoch, the mean of the epochs after a warm-up epoch.
@@ -77,6 +84,24 @@ PAIRED_VARIANTS: dict[str, dict[str, bool]] = {
     "td": {"td": True},
 }
 PAPER_VARIANTS = ("plain", "td")
+# --short: the Lightning fits section 2 needs (Lightning vs raw)
+SHORT_VARIANTS = ("td", "raw_td")
+# Speed-option rows (precision, channels_last, compile): every combination on CUDA; --short
+# keeps the preset's default and the bf16 rows, and on a CPU (tiny mode) skips compiling.
+FULL_GRID = tuple(
+    (precision, channels_last, compiled)
+    for compiled in (False, True)
+    for precision in ("32-true", "bf16-mixed")
+    for channels_last in (False, True)
+)
+SHORT_GRID = (
+    ("32-true", False, False),
+    ("32-true", True, False),
+    ("bf16-mixed", False, False),
+    ("bf16-mixed", True, False),
+    ("bf16-mixed", True, True),
+)
+SHORT_CPU_GRID = (("32-true", False, False), ("bf16-mixed", True, False))
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,13 @@ class Settings:
     td_batch_size: int = 128
     td_labeled: int = 512
     quick: bool = False
+    short: bool = False
+    variants: tuple[str, ...] = VARIANTS  # the Lightning fits of sections 2-4
+    pil_section: bool = True  # section 6
+    # speed-option rows (precision, channels_last, compile) of ResNet-18 at `grid_image_shape`,
+    # batch `td_batch_size`, `gpu_extra_labeled` images; empty: skipped
+    grid: tuple[tuple[str, bool, bool], ...] = ()
+    grid_image_shape: tuple[int, int, int] = (3, 32, 32)
 
 
 def default_settings(args: argparse.Namespace) -> Settings:
@@ -134,7 +166,18 @@ def default_settings(args: argparse.Namespace) -> Settings:
         mean=(0.4914, 0.4822, 0.4465) if cifar else (0.2860,),
         std=(0.2470, 0.2435, 0.2616) if cifar else (0.3530,),
         td_labeled=args.td_labeled or 512,
+        grid=FULL_GRID if cuda else (),
     )
+    if args.short:
+        settings = replace(
+            settings,
+            short=True,
+            variants=SHORT_VARIANTS,
+            pil_section=False,
+            repeats=args.repeats or 3,
+            scoring_sizes=(10_000, 100_000),
+            grid=SHORT_GRID if cuda else SHORT_CPU_GRID,
+        )
     if args.quick:
         settings = replace(
             settings,
@@ -144,8 +187,9 @@ def default_settings(args: argparse.Namespace) -> Settings:
             pool=128,
             epochs=1,
             repeats=args.repeats or 2,
-            scoring_sizes=(256, 512, 1024),
-            gpu_extra_labeled=512,
+            scoring_sizes=(256,) if args.short else (256, 512, 1024),
+            gpu_extra_labeled=32,
+            grid_image_shape=(3, 8, 8),
             td_batch_size=16,
             td_labeled=args.td_labeled or 32,
             quick=True,
@@ -516,10 +560,16 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 
 def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-    """Sections 2-4: every variant once per repeat (rotated order), after a warm-up."""
+    """Sections 2-4: every variant once per repeat (rotated order), after a warm-up.
+
+    `settings.variants` names the fits to run (all of `VARIANTS`, or `--short`'s two); a
+    ratio is reported when both of its variants ran.
+    """
     device = torch.device(settings.device)
+    variants = settings.variants
     data = make_data(settings, settings.labeled + settings.pool)
-    premade = premade_batches(data, device)
+    # one epoch of ready batches on the device, made only when its variant runs
+    premade = premade_batches(data, device) if "premade_td" in variants else None
     pool_images = data.train_images[settings.labeled :]
     runs: dict[str, Callable[[], dict[str, Any]]] = {
         "plain": lambda: lightning_run(settings, data, td=False),
@@ -529,13 +579,13 @@ def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[st
         "dispersion": lambda: lightning_run(settings, data, td=False, pool_images=pool_images),
     }
     log("warm-up: one run of each variant")
-    for name, run in runs.items():
+    for name in variants:
         if not settings.quick or name == "td":
-            run()
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in variants}
     record: list[float] = []
     for repeat in range(settings.repeats):
-        order = VARIANTS[repeat % len(VARIANTS) :] + VARIANTS[: repeat % len(VARIANTS)]
+        order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for name in order:
             result = runs[name]()
             times[name].append(result["epoch"])
@@ -543,19 +593,27 @@ def training_sections(settings: Settings, log: Callable[[str], None]) -> dict[st
                 record.append(result["record_per_epoch"])
         log(
             f"repeat {repeat + 1}/{settings.repeats}: "
-            + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in VARIANTS)
+            + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in variants)
         )
-    # the recorder's own seconds against the rest of the same epoch (the loop's record_overhead)
-    fractions = [r / (t - r) for r, t in zip(record, times["dispersion"], strict=True)]
-    return {
-        "epoch_seconds": times,
-        "record_seconds_per_epoch": record,
-        "lightning_vs_raw_ratio": median_ratio(times["td"], times["raw_td"]),
-        "data_path_ratio": median_ratio(times["premade_td"], times["td"]),
-        "dispersion_pool_pass_fraction": statistics.median(fractions),
-        "dispersion_epoch_ratio": median_ratio(times["dispersion"], times["plain"]),
-        "steps_per_epoch": len(premade.batches),
+    loader = TensorBatchLoader(
+        data.train_images, data.train_targets, data.labeled_indices, settings.batch_size
+    )
+    results: dict[str, Any] = {"epoch_seconds": times, "steps_per_epoch": len(loader)}
+    ratios = {
+        "lightning_vs_raw_ratio": ("td", "raw_td"),
+        "data_path_ratio": ("premade_td", "td"),
+        "dispersion_epoch_ratio": ("dispersion", "plain"),
     }
+    for key, (numerator, denominator) in ratios.items():
+        if numerator in times and denominator in times:
+            results[key] = median_ratio(times[numerator], times[denominator])
+    if record:
+        # the recorder's own seconds against the rest of the same epoch (the loop's
+        # record_overhead)
+        fractions = [r / (t - r) for r, t in zip(record, times["dispersion"], strict=True)]
+        results["record_seconds_per_epoch"] = record
+        results["dispersion_pool_pass_fraction"] = statistics.median(fractions)
+    return results
 
 
 def paper_model_settings(settings: Settings) -> Settings:
@@ -750,41 +808,59 @@ def data_path_section(settings: Settings, log: Callable[[str], None]) -> dict[st
 
 # ---------------------------------------------------------------------------- GPU extra
 def gpu_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
-    """ResNet-18 on CIFAR-10 shapes with TiDAL: images/s per precision/layout/compile."""
-    if settings.device != "cuda" and not settings.device.startswith("cuda"):
+    """ResNet-18 on CIFAR-10 shapes (`--quick`: 8x8) with TiDAL: images/s per speed option.
+
+    One Lightning fit per row of `settings.grid` (a warm-up epoch, then the timed ones). A
+    row that fails (say, no compiler for `torch.compile`) records its error and the next
+    row runs.
+    """
+    if not settings.grid:
         return {"skipped": "needs a CUDA device (run with --device cuda on a GPU machine)"}
     gpu = replace(
         settings,
         model="resnet18",
-        image_shape=(3, 32, 32),
-        batch_size=128,
+        image_shape=settings.grid_image_shape,
+        batch_size=settings.td_batch_size,
         labeled=settings.gpu_extra_labeled,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
     )
     data = make_data(gpu, gpu.labeled)
     rows = []
-    for compiled in (False, True):
-        for precision in ("32-true", "bf16-mixed"):
-            for channels_last in (False, True):
-                result = lightning_run(
-                    gpu, data, td=True, precision=precision, speed=(channels_last, compiled)
-                )
-                row = {
-                    "precision": precision,
-                    "channels_last": channels_last,
-                    "compile": compiled,
-                    "images_per_s": gpu.labeled / result["epoch"],
-                    # the first epoch's extra time: compilation (and cuDNN/allocator warm-up)
-                    "first_epoch_extra_s": result["first_epoch"] - result["epoch"],
-                }
-                rows.append(row)
-                log(
-                    f"gpu {precision} cl={channels_last} compile={compiled}: "
-                    f"{row['images_per_s']:.0f} img/s"
-                )
-                torch._dynamo.reset()
-    return {"labeled": gpu.labeled, "batch_size": gpu.batch_size, "rows": rows}
+    for precision, channels_last, compiled in settings.grid:
+        row: dict[str, Any] = {
+            "precision": precision,
+            "channels_last": channels_last,
+            "compile": compiled,
+        }
+        try:
+            result = lightning_run(
+                gpu, data, td=True, precision=precision, speed=(channels_last, compiled)
+            )
+        except Exception as error:  # report the row, keep measuring the others
+            row["error"] = f"{type(error).__name__}: {error}"[:2000]
+            log(f"gpu {precision} cl={channels_last} compile={compiled}: {row['error']}")
+        else:
+            row["epoch_seconds"] = result["epoch"]
+            row["images_per_s"] = gpu.labeled / result["epoch"]
+            # the first epoch's extra time: compilation (and cuDNN/allocator warm-up)
+            row["first_epoch_extra_s"] = result["first_epoch"] - result["epoch"]
+            log(
+                f"gpu {precision} cl={channels_last} compile={compiled}: "
+                f"{row['images_per_s']:.0f} img/s"
+            )
+        rows.append(row)
+        torch._dynamo.reset()
+    return {
+        "labeled": gpu.labeled,
+        "batch_size": gpu.batch_size,
+        "steps_per_epoch": len(
+            TensorBatchLoader(
+                data.train_images, data.train_targets, data.labeled_indices, gpu.batch_size
+            )
+        ),
+        "rows": rows,
+    }
 
 
 # ------------------------------------------------------------------------------- report
@@ -804,10 +880,12 @@ def machine_info(settings: Settings) -> dict[str, Any]:
 
 
 def verdicts(results: dict[str, Any]) -> dict[str, bool]:
+    """Met or not, for every target whose measure this run took."""
     out = {}
     for key, (op, target) in TARGETS.items():
-        value = results[key]
-        out[key] = value <= target if op == "<=" else value >= target
+        if key in results:
+            value = results[key]
+            out[key] = value <= target if op == "<=" else value >= target
     return out
 
 
@@ -835,6 +913,8 @@ def format_table(results: dict[str, Any]) -> str:
         ("lightning_vs_raw_ratio", "2 epoch time, Lightning / raw loop (with TD)"),
         ("data_path_ratio", "3 throughput, real data path / pre-made"),
     ):
+        if key not in results:  # not measured in --short
+            continue
         op, target = TARGETS[key]
         verdict = "PASS" if results["pass"][key] else "FAIL"
         lines.append(f"{label:<52} {results[key]:>12.3f} {op + str(target):>9}  {verdict}")
@@ -848,11 +928,12 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{'1 TD tracker callback alone / plain':<52} "
                 f"{results['td_tracker_ratio']:>12.3f} {'-':>9}  ({s['model']})"
             )
-    lines.append(
-        f"{'4 dispersion pool pass / rest of epoch':<52} "
-        f"{results['dispersion_pool_pass_fraction']:>12.3f} {'-':>9}  "
-        f"(pool {s['pool']}; epoch ratio {results['dispersion_epoch_ratio']:.3f})"
-    )
+    if "dispersion_pool_pass_fraction" in results:
+        lines.append(
+            f"{'4 dispersion pool pass / rest of epoch':<52} "
+            f"{results['dispersion_pool_pass_fraction']:>12.3f} {'-':>9}  "
+            f"(pool {s['pool']}; epoch ratio {results['dispersion_epoch_ratio']:.3f})"
+        )
     scoring = results["scoring"]
     for size in s["scoring_sizes"]:
         e = scoring[str(size)]
@@ -863,42 +944,65 @@ def format_table(results: dict[str, Any]) -> str:
             f"{'5 scoring ' + f'{size:,}' + ' samples/s':<52} {e['samples_per_s']:>12.0f} "
             f"{'-':>9}  ({memory}; pool {e['pool_mb']:.0f} MB uint8)"
         )
-    d = results["old_vs_new"]
-    lines.append(
-        f"{'6 images/s PIL DataLoader (workers ' + str(d['num_workers']) + ')':<52} "
-        f"{d['pil_images_per_s']:>12.0f}"
-    )
-    lines.append(f"{'6 images/s device path':<52} {d['device_images_per_s']:>12.0f}")
-    lines.append(f"{'6 speed-up, device / PIL':<52} {d['speedup']:>12.1f}")
+    if "old_vs_new" in results:
+        d = results["old_vs_new"]
+        lines.append(
+            f"{'6 images/s PIL DataLoader (workers ' + str(d['num_workers']) + ')':<52} "
+            f"{d['pil_images_per_s']:>12.0f}"
+        )
+        lines.append(f"{'6 images/s device path':<52} {d['device_images_per_s']:>12.0f}")
+        lines.append(f"{'6 speed-up, device / PIL':<52} {d['speedup']:>12.1f}")
     gpu = results["gpu_extra"]
     if "skipped" in gpu:
         lines.append(f"GPU extra skipped: {gpu['skipped']}")
     else:
         lines.append("")
         lines.append(
-            f"{'GPU: precision':<14} {'ch_last':>7} {'compile':>7} {'img/s':>9} "
-            f"{'1st-epoch extra s':>18}"
+            f"{'speed options: precision':<24} {'ch_last':>7} {'compile':>7} {'img/s':>9} "
+            f"{'1st-epoch extra s':>18}  (ResNet-18, images {tuple(s['grid_image_shape'])}, "
+            f"batch {gpu['batch_size']})"
         )
         for r in gpu["rows"]:
-            lines.append(
-                f"{r['precision']:<14} {r['channels_last']!s:>7} {r['compile']!s:>7} "
-                f"{r['images_per_s']:>9.0f} {r['first_epoch_extra_s']:>18.1f}"
-            )
+            head = f"{r['precision']:<24} {r['channels_last']!s:>7} {r['compile']!s:>7}"
+            if "error" in r:
+                lines.append(f"{head} failed: {r['error'][:120]}")
+            else:
+                lines.append(f"{head} {r['images_per_s']:>9.0f} {r['first_epoch_extra_s']:>18.1f}")
     return "\n".join(lines)
 
 
-def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All sections; returns what bench.json holds."""
+def run(
+    settings: Settings,
+    log: Callable[[str], None] = print,
+    section_done: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """All sections (`--short`: its subset); returns what bench.json holds.
+
+    `section_done(results so far)` is called after every section (and at the end, with
+    `complete: true`).
+    """
     pl.seed_everything(0, verbose=False)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "settings": asdict(settings),
         "machine": machine_info(settings),
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
+        "complete": False,
     }
+
+    def done() -> None:
+        results["pass"] = verdicts(results)
+        results["total_seconds"] = time.perf_counter() - started
+        if section_done is not None:
+            section_done(results)
+
     results.update(training_sections(settings, log))
+    done()
     results["scoring"] = scoring_section(settings, log)
-    results["old_vs_new"] = data_path_section(settings, log)
+    done()
+    if settings.pil_section:
+        results["old_vs_new"] = data_path_section(settings, log)
+        done()
     # after scoring: peak RSS is per process, and ResNet-18's would mask the pools' own peaks
     results["td_overhead"] = td_overhead_section(settings, log)
     results["td_overhead_ratio"] = results["td_overhead"]["paper"]["td_overhead_ratio"]
@@ -906,9 +1010,10 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
         "td_overhead_ratio"
     ]
     results["td_tracker_ratio"] = results["td_overhead"]["run_model"]["tracker_ratio"]
+    done()
     results["gpu_extra"] = gpu_section(settings, log)
-    results["pass"] = verdicts(results)
-    results["total_seconds"] = time.perf_counter() - started
+    results["complete"] = True
+    done()
     return results
 
 
@@ -938,6 +1043,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="training-set size of section 1 on the paper's model (default 512: 4 steps)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="the GPU check's form: sections 1, 2 and 5 and five speed-option rows",
+    )
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
@@ -967,8 +1077,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TidalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    results = run(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+    def write(results: dict[str, Any]) -> None:
+        partial = args.out.with_name(args.out.name + ".partial")
+        partial.write_text(json.dumps(results, indent=2) + "\n")
+        partial.replace(args.out)  # a reader never sees half a file
+
+    results = run(
+        settings, log=lambda line: print(line, file=sys.stderr, flush=True), section_done=write
+    )
     print(format_table(results))
     print(f"\nwrote {args.out} ({results['total_seconds']:.0f} s)")
     return 0

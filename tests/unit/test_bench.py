@@ -114,3 +114,23 @@ def test_official_style_loop_reports_images_per_second(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert len(result["epoch_seconds"]) == 2  # warm-up + 1 timed
     assert result["images_per_s"] == pytest.approx(48 / result["epoch_seconds"][1])
+
+
+def test_short_form_keeps_the_gpu_checks_sections() -> None:
+    settings = bench.default_settings(bench.parse_args(["--short", "--device", "cpu"]))
+    assert settings.short and settings.variants == bench.SHORT_VARIANTS == ("td", "raw_td")
+    assert not settings.pil_section and settings.scoring_sizes == (10_000, 100_000)
+    assert settings.repeats == 3
+    # on a CPU (the check's tiny mode) the speed options run without compiling
+    assert settings.grid == bench.SHORT_CPU_GRID
+    assert all(not compiled for _, _, compiled in settings.grid)
+    full = bench.default_settings(bench.parse_args(["--device", "cpu"]))
+    assert full.grid == () and full.variants == bench.VARIANTS and full.pil_section
+    assert len(bench.FULL_GRID) == 8 and set(bench.SHORT_GRID) < set(bench.FULL_GRID)
+
+
+def test_verdicts_cover_only_the_measures_taken() -> None:
+    assert bench.verdicts({"td_overhead_ratio": 1.01, "lightning_vs_raw_ratio": 1.2}) == {
+        "td_overhead_ratio": True,
+        "lightning_vs_raw_ratio": False,
+    }

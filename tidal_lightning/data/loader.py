@@ -90,7 +90,9 @@ class TensorBatchLoader:
         if self.shuffle:
             # every rank draws (the same permutation), so generators stay in step across ranks
             order = order[torch.randperm(len(order), generator=self.generator)]
-        order = order[replica::replicas].to(self.images.device)
+        # non_blocking: a blocking copy from pageable memory waits for the device's queue (a
+        # sync every epoch); an async one stages the host buffer before it returns, so it is safe
+        order = order[replica::replicas].to(self.images.device, non_blocking=True)
         starts = self._starts(len(self.indices) // replicas)
         for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
             batch = order[start:end]
