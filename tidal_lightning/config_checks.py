@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tidal_lightning.errors import ConfigError
 
-INITIAL_MODES = ("random", "class_balanced")
+INITIAL_MODES = ("random", "one_per_class", "class_balanced")
 CHECKPOINT_CHOICES = ("all", "last", "none")
 
 

@@ -44,13 +44,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 from scipy import stats
 
 from tidal_lightning.errors import TidalError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 BASELINE = "random"
 CSV_COLUMNS = [
@@ -70,7 +73,12 @@ CSV_COLUMNS = [
     "wins_vs_random",
     "pairs_vs_random",
     "p_value_vs_random",
+    "full_data_acc_mean",
+    "rel_to_full_data_pct",
 ]
+# The full-data reference's strategy name (strategy=full_data): one training on the whole
+# pool, read against, not compared with.
+FULL_DATA = "full_data"
 _RUN_MARKERS = ("results.csv", "run_summary.json")
 
 
@@ -150,6 +158,14 @@ class GroupReport:
     relative_improvement: dict[tuple[str, int], float]
     paired: dict[str, PairedComparison]
     notes: list[str] = field(default_factory=list)
+    # the full-data reference: mean and std of its test accuracy, seeds (None without one)
+    full_data: Cell | None = None
+
+    def rel_to_full_data(self, accuracy: float) -> float:
+        """100 · accuracy / the full-data accuracy (Table 1's "Rel."); NaN without a reference."""
+        if self.full_data is None or self.full_data.mean == 0:
+            return math.nan
+        return 100 * accuracy / self.full_data.mean
 
     @property
     def title(self) -> str:
@@ -307,7 +323,7 @@ def read_run(run_dir: Path, sweep_dir: Path) -> Run | Problem:
     progress = f"{done} of {planned} planned cycles" if planned is not None else f"{done} cycles"
     if status != "finished":
         issues.append(f"status is {status!r}, not 'finished' (killed or still running), {progress}")
-    elif planned is not None and done < planned:
+    elif planned is not None and done < planned and strategy != FULL_DATA:
         issues.append(f"finished after only {progress}")
     elif not issues and done == 0:
         issues.append("results.csv has no rows")
@@ -401,8 +417,24 @@ def _group_notes(runs: list[Run], strategies: list[str]) -> list[str]:
     return notes
 
 
-def analyse_group(runs: list[Run]) -> GroupReport:
-    """The statistics of one (dataset, imbalance ratio) group of finished, de-duplicated runs."""
+def full_data_cell(runs: list[Run]) -> Cell | None:
+    """The full-data reference of a group: its final test accuracy over seeds."""
+    finals = [r.test_acc[-1] for r in runs if r.strategy == FULL_DATA]
+    if not finals:
+        return None
+    mean, std = mean_std(finals)
+    labeled = max(r.num_labeled[-1] for r in runs if r.strategy == FULL_DATA)
+    return Cell(FULL_DATA, labeled, len(finals), mean, std)
+
+
+def analyse_group(runs: list[Run], references: list[Run] | None = None) -> GroupReport:
+    """The statistics of one (dataset, imbalance ratio) group of finished, de-duplicated runs.
+
+    Full-data runs (in `runs` or `references`) are the group's reference, not a strategy.
+    """
+    dataset, ratio = runs[0].group
+    reference = full_data_cell([*runs, *(references or [])])
+    runs = [r for r in runs if r.strategy != FULL_DATA]
     strategies = _strategy_order({r.strategy for r in runs})
     by_strategy: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
@@ -456,7 +488,6 @@ def analyse_group(runs: list[Run]) -> GroupReport:
                 p_value,
             )
 
-    dataset, ratio = runs[0].group
     return GroupReport(
         dataset=dataset,
         imbalance_ratio=ratio,
@@ -466,6 +497,7 @@ def analyse_group(runs: list[Run]) -> GroupReport:
         relative_improvement=relative,
         paired=paired,
         notes=_group_notes(runs, strategies),
+        full_data=reference,
     )
 
 
@@ -528,7 +560,18 @@ def _group_markdown(group: GroupReport) -> list[str]:
     lines += _md_table(["labeled", *(f"`{s}`" for s in strategies)], rows)
 
     lines += ["### Area under the learning curve (normalised to [0, 1])", ""]
+    full = group.full_data
+    if full is not None:
+        spread = "" if math.isnan(full.std) else f" ± {full.std:.4f}"
+        lines += [
+            f"Full-data reference (`{FULL_DATA}`, {full.num_labeled} labels, "
+            f"{full.n_seeds} seed(s)): test accuracy {full.mean:.4f}{spread}. "
+            '"rel." is a strategy\'s final accuracy relative to it (Table 1 of the '
+            "label-dispersion paper).",
+            "",
+        ]
     rows = []
+    last = max(sizes) if sizes else 0
     for strategy in strategies:
         a = group.aulc[strategy]
         interval = (
@@ -536,8 +579,19 @@ def _group_markdown(group: GroupReport) -> list[str]:
             if not math.isnan(a.ci_low)
             else "undefined (one seed)"
         )
-        rows.append([f"`{strategy}`", str(len(a.seeds)), f"{a.mean:.4f}", interval])
-    lines += _md_table(["strategy", "seeds", "mean AULC", "95% t-interval"], rows)
+        row = [f"`{strategy}`", str(len(a.seeds)), f"{a.mean:.4f}", interval]
+        if full is not None:
+            final = group.cells.get((strategy, last))
+            row += (
+                [f"{final.mean:.4f}", f"{group.rel_to_full_data(final.mean):.2f}%"]
+                if final is not None
+                else ["–", "–"]
+            )
+        rows.append(row)
+    header = ["strategy", "seeds", "mean AULC", "95% t-interval"]
+    if full is not None:
+        header += [f"acc @ {last}", "rel. to full data"]
+    lines += _md_table(header, rows)
 
     if BASELINE not in strategies:
         lines += [f"No `{BASELINE}` runs in this group: no comparison with random sampling.", ""]
@@ -641,6 +695,8 @@ def render_csv(groups: list[GroupReport]) -> str:
                     p.wins if p else "",
                     len(p.seeds) if p else "",
                     _fmt(p.p_value, ".6g") if p else "",
+                    _fmt(group.full_data.mean, ".6f") if group.full_data else "",
+                    _fmt(group.rel_to_full_data(cell.mean), ".4f"),
                 ]
             )
     return buffer.getvalue()
@@ -680,7 +736,7 @@ def strategy_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
-def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
+def plot_learning_curves(groups: list[GroupReport], path: Path) -> Figure:
     """One subplot per group: mean test accuracy per strategy against labeled size, ±std band.
 
     Each strategy keeps one style (colour-blind-safe colour, marker, line) in every subplot;
@@ -720,6 +776,9 @@ def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
                 x, mean - std, mean + std, color=style["color"], alpha=0.1, linewidth=0
             )
             handles[strategy] = line
+        if group.full_data is not None:
+            line = axis.axhline(group.full_data.mean, color="grey", linestyle=":", linewidth=1.5)
+            handles[FULL_DATA] = line
         axis.set_title(group.title)
         axis.set_xlabel("labeled samples")
         axis.set_ylabel("test accuracy")
@@ -729,8 +788,13 @@ def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
     if not groups:
         axes[0].text(0.5, 0.5, "no finished runs", ha="center", va="center")
     if handles:
-        seeds = {s: max(len(g.aulc[s].seeds) for g in groups if s in g.aulc) for s in handles}
-        shown = [s for s in names if s in handles]
+        seeds = {
+            s: max(len(g.aulc[s].seeds) for g in groups if s in g.aulc)
+            for s in handles
+            if s != FULL_DATA
+        }
+        seeds[FULL_DATA] = max((g.full_data.n_seeds for g in groups if g.full_data), default=0)
+        shown = [s for s in [*names, FULL_DATA] if s in handles]
         figure.legend(
             [handles[s] for s in shown],
             [f"{s} (n={seeds[s]})" for s in shown],
@@ -740,9 +804,12 @@ def plot_learning_curves(groups: list[GroupReport], path: Path) -> None:
             ncols=legend_columns,
         )
     figure.savefig(path, dpi=120)
+    return figure
 
 
-def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
+def build_report(
+    sweep_dir: Path, out_dir: Path | None = None, full_data: Sequence[Path] = ()
+) -> SweepReport:
     """Reads every run folder under `sweep_dir`, writes report.md, report.csv and
     learning_curves.png into `out_dir` (default: `sweep_dir`) and returns what it computed.
 
@@ -779,7 +846,15 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
     by_group: dict[tuple[str, float], list[Run]] = defaultdict(list)
     for run in runs:
         by_group[run.group].append(run)
-    groups = [analyse_group(by_group[key]) for key in sorted(by_group)]
+    references: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for folder in full_data:
+        if not Path(folder).is_dir():
+            raise ReportError(f"--full-data {folder}: no such folder")
+        for run_dir in find_run_folders(Path(folder)):
+            found = read_run(run_dir, Path(folder))
+            if isinstance(found, Run) and found.strategy == FULL_DATA:
+                references[found.group].append(found)
+    groups = [analyse_group(by_group[key], references.get(key)) for key in sorted(by_group)]
 
     out_dir = sweep_dir if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -795,7 +870,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> SweepReport:
     )
     report.report_md.write_text(render_markdown(report, len(folders)), encoding="utf-8")
     report.report_csv.write_text(render_csv(groups), encoding="utf-8")
-    plot_learning_curves(groups, report.learning_curves)
+    plot_learning_curves(groups, report.learning_curves).clear()
     return report
 
 
@@ -810,9 +885,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write the report (default: sweep_dir)"
     )
+    parser.add_argument(
+        "--full-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="a run folder (or folder of runs) of strategy=full_data to read the sweep against "
+        "(the sweep's own full_data jobs are used anyway); may be repeated",
+    )
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.sweep_dir, args.out)
+        report = build_report(args.sweep_dir, args.out, args.full_data)
     except ReportError as error:
         sys.exit(f"error: {error}")
     print(f"{len(report.runs)} finished run(s) in {len(report.groups)} group(s); wrote")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tidal_lightning.report import build_report, main
+from tidal_lightning.report import build_report, main, plot_learning_curves, strategy_styles
 
 SIZES = (100, 200, 300)
 
@@ -194,6 +194,8 @@ def test_duplicate_seed_is_listed_and_counted_once(tmp_path: Path) -> None:
     assert report.groups[0].aulc["random"].mean == pytest.approx(0.5)
     assert [p.folder for p in report.problems] == ["1"]
     assert "duplicate of `0`" in report.problems[0].issue
+    # the duplicate's own overrides, read from its .hydra/overrides.yaml
+    assert report.problems[0].overrides == ("strategy=random", "seed=0")
 
 
 def test_without_random_there_is_no_comparison(tmp_path: Path) -> None:
@@ -240,3 +242,25 @@ def test_p_value_is_undefined_when_every_difference_is_equal(tmp_path: Path) -> 
     assert math.isnan(report.groups[0].paired["entropy"].p_value)
     assert report.groups[0].paired["entropy"].wins == 3
     assert "undefined (all differences equal)" in (tmp_path / "report.md").read_text("utf-8")
+
+
+def test_up_to_25_strategies_get_distinct_styles_and_the_legend_sits_outside(
+    tmp_path: Path,
+) -> None:
+    names = ["random", "tidal_entropy", "tidal_margin", "dispersion"]
+    names += [f"baseline_{k:02d}" for k in range(21)]
+    for job, name in enumerate(names):
+        write_run(tmp_path / str(job), name, 0, [0.5 + 0.001 * job, 0.6, 0.7])
+    report = build_report(tmp_path)
+    styles = strategy_styles(report.groups[0].strategies)
+    pairs = {(s["color"], s["marker"]) for s in styles.values()}
+    assert len(pairs) == len(names) == 25  # no two strategies look alike
+    assert styles["random"]["color"] == "black" and styles["random"]["linestyle"] == "--"
+    heavy = {n for n, s in styles.items() if s["linewidth"] > 2}
+    assert heavy == {"tidal_entropy", "tidal_margin", "dispersion"}  # the papers' methods
+    figure = plot_learning_curves(report.groups, tmp_path / "again.png")
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends
+    box, axes_box = legend.get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
+    assert box.x0 >= axes_box.x1 - 3  # beside the axes (its frame may touch), covering no curve
+    assert len(legend.get_texts()) == 25

@@ -199,7 +199,10 @@ def hydra_value(value: str) -> str:
     """`value` as Hydra's override grammar reads it back: as is, or in quotes."""
     if _HYDRA_PLAIN.fullmatch(value):
         return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra's quoted strings: a quote is escaped, and so are the backslashes right before a
+    # quote (or the closing one); any other backslash is itself.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, value).replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 def continue_commands(run_dir: Path) -> tuple[str, str]:

@@ -215,7 +215,7 @@ def _open_data(
     )
     imported = None
     if state is None:
-        if oracle.draws_initial(datamodule):
+        if oracle.draws_initial(datamodule) and not strategy.labels_everything:
             validate_pool_sizes(cfg, len(pool_indices))
         state = RunState(
             config=config,
@@ -282,7 +282,7 @@ def label_initial_set(run: Run) -> LabelRequest | None:
         initial = run.oracle.initial_set(
             run.datamodule,
             run.pool_indices,
-            cfg.al.initial,
+            len(run.pool_indices) if run.strategy.labels_everything else cfg.al.initial,
             cfg.al.initial_mode,
             make_generator(run.seed, 0, "initial"),
         )
@@ -339,6 +339,8 @@ def stop_reason(run: Run) -> str | None:
     done, cycles = run.state.cycles_completed, int(run.cfg.al.cycles)
     if done >= cycles:
         return f"all {cycles} cycles trained"
+    if done and run.strategy.labels_everything:
+        return "all trained: the full-data reference trains once, on the whole training pool"
     if done and run.state.results[-1]["query_seconds"] == "":
         # the last training could not be followed by a query: another would add nothing
         return (
@@ -663,6 +665,8 @@ def finish(run: Run, reason: str | None) -> None:
     """Step 8: the run is finished; the learning curve goes to the logger, the table to the log."""
     if reason and not reason.startswith("all "):
         log.warning(reason)
+    elif reason and run.strategy.labels_everything:
+        log.info(reason)
     state = run.state
     state.status = state.summary["status"] = "finished"
     state.save(run.run_dir)

@@ -70,17 +70,26 @@ def draw_initial(
         pool_indices: `[M]` indices to draw from.
         size: number of samples to draw (<= M).
         num_classes: K.
-        mode: `random` (uniform over the pool) or `class_balanced` (`size // K` per class,
-            the remainder to randomly chosen classes; a class with too few samples gives
-            all it has and the shortfall is drawn uniformly from the rest of the pool).
+        mode: `random` (uniform over the pool), `one_per_class` (one sample of every class
+            present, then the rest uniformly from the remaining pool: the official TiDAL
+            code's default `--init_dist random`, so no class starts unlabeled; with
+            `size < K`, `size` randomly chosen classes get one) or `class_balanced`
+            (`size // K` per class, the remainder to randomly chosen classes; a class with
+            too few samples gives all it has and the shortfall is drawn uniformly from the
+            rest of the pool).
         generator: CPU generator.
     """
     if mode == "random":
         return pool_indices[torch.randperm(len(pool_indices), generator=generator)[:size]]
-    if mode != "class_balanced":
+    if mode == "one_per_class":
+        present = torch.unique(targets[pool_indices])
+        quota = torch.zeros(num_classes, dtype=torch.long)
+        quota[present[torch.randperm(len(present), generator=generator)[:size]]] = 1
+    elif mode == "class_balanced":
+        quota = torch.full((num_classes,), size // num_classes)
+        quota[torch.randperm(num_classes, generator=generator)[: size % num_classes]] += 1
+    else:
         raise ValueError(f"unknown initial mode {mode!r}")
-    quota = torch.full((num_classes,), size // num_classes)
-    quota[torch.randperm(num_classes, generator=generator)[: size % num_classes]] += 1
     pool_targets = targets[pool_indices]
     chosen = []
     for c in range(num_classes):

@@ -108,6 +108,9 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset({"probs"})
     mc_samples: int = 0
     record_every: int = 1
+    # The initial set is the whole training pool and the run trains once (the full-data
+    # reference); `al.initial` and `al.budget` are then unused.
+    labels_everything: ClassVar[bool] = False
 
     @property
     def requires_td_module(self) -> bool:
