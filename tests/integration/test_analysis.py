@@ -42,7 +42,7 @@ def outputs(folder: Path, name: str) -> dict[str, Any]:
 def test_td_separation_uses_ratio_100_for_a_balanced_config(tmp_path: Path) -> None:
     done = analysis("td_separation", "+experiment=smoke", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = outputs(tmp_path / "outputs/analysis/td_separation/+experiment=smoke", "td_separation")
+    result = outputs(tmp_path / "outputs/analysis/td_separation/experiment-smoke", "td_separation")
     assert result["config"]["imbalance_ratio"] == 100
     assert "analysis.default_imbalance_ratio=100" in result["imbalance_ratio_note"]
     # 60 per class, ratio 100 over 4 classes: int(60 * 100 ** (-c / 3))
@@ -82,7 +82,7 @@ def test_td_separation_on_a_seeded_subset(tmp_path: Path) -> None:
 def test_td_prediction_reports_every_cycle_with_a_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    folder = tmp_path / "outputs/analysis/td_prediction/+experiment=smoke"
+    folder = tmp_path / "outputs/analysis/td_prediction/experiment-smoke"
     done = analysis("td_prediction", "+experiment=smoke", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = outputs(folder, "td_prediction")
@@ -109,7 +109,7 @@ def test_informativeness_table_and_determinism(
     done = analysis("informativeness", "+experiment=smoke", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     first = outputs(
-        tmp_path / "outputs/analysis/informativeness/+experiment=smoke", "informativeness"
+        tmp_path / "outputs/analysis/informativeness/experiment-smoke", "informativeness"
     )
     # again, in this process (other global RNG state), into another folder
     monkeypatch.chdir(tmp_path)

@@ -179,12 +179,12 @@ def test_request_splits_settings_from_overrides_and_names_the_folder() -> None:
     )
     assert request.hydra_overrides == ["seed=1", "+experiment=smoke", "paths.output_dir=/tmp/x"]
     assert request.knobs == ["train_size=50"]
-    assert request.folder_name() == "+experiment=smoke,analysis.train_size=50,seed=1"
+    assert request.folder_name() == "experiment-smoke__analysis.train_size-50__seed-1"
     assert request.sets("paths.output_dir") and not request.sets("strategy")
     assert Request.parse("x", []).folder_name() == "defaults"
     # what Hydra leaves out of run-folder names is left out here too
     quiet = Request.parse("x", ["trainer.enable_progress_bar=false", "logger=none", "seed=2"])
-    assert quiet.folder_name(["logger", "trainer.enable_progress_bar"]) == "seed=2"
+    assert quiet.folder_name(["logger", "trainer.enable_progress_bar"]) == "seed-2"
 
 
 def test_settings_are_typed_and_checked() -> None:

@@ -65,17 +65,17 @@ class Request:
         return [o for o in self.hydra_overrides if not _sets(o, OUTPUT_DIR_KEY)]
 
     def folder_name(self, excluded: Sequence[str] = ()) -> str:
-        """The run-folder name: the sorted overrides and settings, joined by `,`.
+        """The run-folder name: the sorted overrides and settings, named as run folders are.
 
         Args:
             excluded: keys left out of the name (Hydra's `override_dirname.exclude_keys`:
                 settings that do not change what is computed, such as the progress bar).
         """
-        from tidal_lightning.resolvers import dirname
+        from tidal_lightning.resolvers import ITEM_SEP, dirname
 
         named = [o for o in self.computing_overrides if _key(o) not in excluded]
         named += [KNOB_PREFIX + k for k in self.knobs]
-        return dirname(",".join(sorted(named)))
+        return dirname(ITEM_SEP.join(sorted(named)))
 
     def sets(self, key: str) -> bool:
         """The overrides assign `key` (with or without `+`/`++`)."""
