@@ -18,6 +18,8 @@ from tidal_lightning.__main__ import config_dir
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(config_dir())
 STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+# strategies that pick samples (all but the full-data reference, which trains once on everything)
+ACQUISITION_STRATEGIES = [s for s in STRATEGIES if s != "full_data"]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 resolvers.register()

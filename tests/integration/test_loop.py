@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tests.conftest import EXPERIMENTS, STRATEGIES, compose_config
+from tests.conftest import ACQUISITION_STRATEGIES, EXPERIMENTS, compose_config
 from tests.integration.test_readers import no_md5  # noqa: F401  (fixture)
 from tests.standins import write_cifar
 from tidal_lightning.al.loop import run
@@ -28,7 +28,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", ACQUISITION_STRATEGIES)
 def test_every_strategy_runs_the_smoke_experiment(
     smoke_config: Callable[..., DictConfig], strategy: str
 ) -> None:
@@ -74,6 +74,20 @@ def test_every_strategy_runs_the_smoke_experiment(
     assert (Path(again.paths.output_dir) / "queries.csv").read_text() == (
         out / "queries.csv"
     ).read_text()
+
+
+def test_full_data_trains_once_on_the_whole_pool(smoke_config: Callable[..., DictConfig]) -> None:
+    """The full-data reference: every pool sample labeled at once, one training, no query."""
+    cfg = smoke_config("strategy=full_data", "al.cycles=3", "dataset.imbalance_ratio=4")
+    rows = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "run_summary.json").read_text())
+    pool_size = sum(summary["train_pool_class_counts"])  # after long-tail subsampling
+    assert pool_size < 240 and [r["num_labeled"] for r in rows] == [pool_size]
+    assert rows[0]["query_seconds"] == "" and summary["status"] == "finished"
+    assert {q["cycle"] for q in read_csv(out / "queries.csv")} == {"0"}
+    with pytest.raises(ConfigError, match="strategy=full_data labels the whole training pool"):
+        run(smoke_config("strategy=full_data", "oracle=file", run="file"))
 
 
 def test_recording_the_pool_does_not_change_training(
@@ -231,7 +245,7 @@ def test_loggers_record_the_per_cycle_accuracy(
         assert len(accs) == 2
     else:
         (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
-        logged = wandb_items_when_written(run_file, "al/test_acc")
+        logged = wandb_items_when_written(run_file, "al/test_acc", count=2)
         results = read_csv(out / "results.csv")
         assert {round(v, 6) for v in logged["al/test_acc"]} == {
             float(r["test_acc"]) for r in results
@@ -253,9 +267,9 @@ def test_loggers_record_the_per_cycle_accuracy(
 
 
 def wandb_items_when_written(
-    run_file: Path, key: str, timeout_s: float = 60.0
+    run_file: Path, key: str, count: int = 1, timeout_s: float = 60.0
 ) -> dict[str, list[float]]:
-    """`wandb_items` of the file once `key` is in it.
+    """`wandb_items` of the file once `key` is in it `count` times.
 
     W&B's service process writes the offline file asynchronously; on a loaded machine the last
     records can land just after `finish()` returns, so poll briefly instead of reading once.
@@ -263,7 +277,7 @@ def wandb_items_when_written(
     deadline = time.monotonic() + timeout_s
     while True:
         items = wandb_items(run_file.read_bytes())
-        if key in items or time.monotonic() > deadline:
+        if len(items.get(key, [])) >= count or time.monotonic() > deadline:
             return items
         time.sleep(0.5)
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,19 @@ def test_sigterm_exits_143_and_the_same_command_resumes(
     assert (out / "queries.csv").read_bytes() == (uninterrupted / "queries.csv").read_bytes()
 
 
+def settled(files: list[Path], quiet_s: float = 3.0, timeout_s: float = 120.0) -> None:
+    """Waits until no file has grown for `quiet_s`: W&B's service writes them after the fact
+    (for a killed process too), so a file read at once may still miss its last records."""
+    deadline = time.monotonic() + timeout_s
+    sizes = [f.stat().st_size for f in files]
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+        time.sleep(0.5)
+        now = [f.stat().st_size for f in files]
+        if now != sizes:
+            sizes, quiet_since = now, time.monotonic()
+
+
 def epoch_rows(rows: list[dict[str, str]]) -> dict[int, int]:
     """cycle -> per-epoch training rows logged for it."""
     counts: dict[int, int] = {}
@@ -201,7 +215,10 @@ def test_training_curves_survive_two_kills(tmp_path: Path, logger: str) -> None:
         assert len([r for r in rows if r.get("al/test_acc")]) == 3
     else:
         counts: dict[int, int] = {}
-        for run_file in (out / "wandb").glob("offline-run-*/*.wandb"):
+        run_files = sorted((out / "wandb").glob("offline-run-*/*.wandb"))
+        assert len(run_files) == 3  # one W&B run id, written in three sessions
+        settled(run_files)
+        for run_file in run_files:
             items = wandb_items_when_written(run_file, "train/cycle")
             for cycle in items.get("train/cycle", []):
                 counts[int(cycle)] = counts.get(int(cycle), 0) + 1

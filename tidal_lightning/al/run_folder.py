@@ -18,16 +18,18 @@ from tidal_lightning.al.records import atomic_write_text
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def begin(run_dir: Path, fresh: bool, cfg: DictConfig) -> logging.Handler | None:
+def begin(run_dir: Path, fresh: bool, cfg: DictConfig) -> logging.Handler:
     """Makes the folder, records the command (a fresh run only) and starts its log file.
 
-    Returns the log file's handler (None on ranks other than 0, which write nothing).
+    Under DDP only rank 0 makes and records; every rank logs to its own file (Lightning names
+    the other ranks' jobs `train_ddp_process_<r>`), in the folder rank 0 made.
+
+    Returns the log file's handler.
     """
-    if not distributed.is_main_process():
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        write_hydra_record(run_dir, cfg)
+    if distributed.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            write_hydra_record(run_dir, cfg)
     return attach_log_file(run_dir)
 
 
