@@ -341,8 +341,8 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def _chunks(count: int, size: int = CHUNK_IMAGES) -> list[tuple[int, int]]:
-    return [(start, min(start + size, count)) for start in range(0, count, size)]
+def _chunks(count: int) -> list[tuple[int, int]]:
+    return [(start, min(start + CHUNK_IMAGES, count)) for start in range(0, count, CHUNK_IMAGES)]
 
 
 def _start_partial(partial: Path, source: CacheSource) -> bool:
@@ -372,9 +372,9 @@ def _build(
     partial = folder.with_name(folder.name + ".partial")
     resumed = _start_partial(partial, source)
     paths = source.manifest.paths
-    chunks = _chunks(len(paths))
-    todo = [c for c, _ in enumerate(chunks) if not (partial / "done" / str(c)).exists()]
-    remaining = sum(chunks[c][1] - chunks[c][0] for c in todo)
+    # A chunk is marked by its rows, so a resume with another chunk size redoes, never skips.
+    todo = [(a, b) for a, b in _chunks(len(paths)) if not (partial / "done" / f"{a}-{b}").exists()]
+    remaining = sum(b - a for a, b in todo)
     log.info(
         "%s the image cache %s: %d images of %s from %s (%d still to decode)",
         "resuming" if resumed else "building",
@@ -387,7 +387,7 @@ def _build(
     started = time.perf_counter()
     tasks = [
         (str(partial / IMAGES_FILE), str(source.root), paths[a:b], a, source.shape, decode)
-        for a, b in (chunks[c] for c in todo)
+        for a, b in todo
     ]
     bar = tqdm(
         total=len(paths),
@@ -398,7 +398,8 @@ def _build(
     )
     with bar:
         for task_index, decoded in _run_tasks(tasks, workers):
-            (partial / "done" / str(todo[task_index])).touch()
+            first, end = todo[task_index]
+            (partial / "done" / f"{first}-{end}").touch()
             bar.update(decoded)
     _sync(partial / IMAGES_FILE)
     os.replace(partial, folder)

@@ -27,7 +27,7 @@ from torchvision.datasets.inaturalist import DATASET_MD5, DATASET_URLS
 from torchvision.datasets.utils import download_and_extract_archive
 
 from tidal_lightning.data.cached import CachedImageData, SplitFiles
-from tidal_lightning.data.image_folder import as_size, read_image
+from tidal_lightning.data.decode import as_size, read_image
 from tidal_lightning.errors import DataNotFoundError, TidalError
 
 ANNOTATIONS = {"train": "train2018.json", "test": "val2018.json"}
