@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
@@ -68,8 +69,9 @@ from tidal_lightning.data.datamodules import (
 )
 from tidal_lightning.data.loader import TensorBatchLoader
 from tidal_lightning.data.manifest import Manifest
-from tidal_lightning.data.streaming import StreamingBatchLoader
+from tidal_lightning.data.streaming import StreamingBatchLoader, prefetched
 from tidal_lightning.errors import ConfigError, TidalError
+from tidal_lightning.models.backbones import SmallCNN
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.seeding import make_generator
 from tidal_lightning.strategies.tidal_margin import TiDALMargin
@@ -124,6 +126,7 @@ class Settings:
     td_batch_size: int = 128
     td_labeled: int = 512
     quick: bool = False
+    at_scale: bool = False  # section 8: selection on pools of 437k and 1M (minutes)
 
 
 def default_settings(args: argparse.Namespace) -> Settings:
@@ -152,6 +155,7 @@ def default_settings(args: argparse.Namespace) -> Settings:
         mean=(0.4914, 0.4822, 0.4465) if cifar else (0.2860,),
         std=(0.2470, 0.2435, 0.2616) if cifar else (0.3530,),
         td_labeled=args.td_labeled or 512,
+        at_scale=args.at_scale,
     )
     if args.quick:
         settings = replace(
@@ -986,6 +990,9 @@ def child_main(encoded: str) -> None:
     4x larger than the memory allowed, under `ulimit -v`) or `scoring` (a streamed pool pass)."""
     quiet_lightning()
     spec = json.loads(encoded)
+    if spec["kind"] == "select":
+        print(json.dumps(select_child(spec)))
+        return
     # JSON turned the tuples into lists
     fields: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in spec["settings"].items()
@@ -1006,10 +1013,14 @@ def child_main(encoded: str) -> None:
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
-    # bounded: the whole training set is the cache; only the allowance may be added
-    settings = replace(settings, labeled=spec["num_train"])
+    # bounded: the whole training set is the cache; only the allowance may be added. The
+    # measure is the data path's memory, so a narrow CNN keeps the full pass short.
     data.start_cycle(torch.arange(spec["num_train"]), seed=0, cycle=0)
-    system = build_system(settings, spec["num_train"], td=False)
+    torch.manual_seed(0)
+    backbone = SmallCNN(settings.num_classes, settings.image_shape[0], width=4)
+    system = ActiveLearningSystem(
+        backbone, settings.num_classes, optimizer=partial(torch.optim.SGD, lr=0.01)
+    )
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -1042,8 +1053,13 @@ def child_main(encoded: str) -> None:
     trainer.fit(system, datamodule=data)
     result["train_steps"] = trainer.global_step
     result["train_seconds"] = time.perf_counter() - started
+    # Every image once, as a pool pass reads them (chunks through `gather`, the next chunk
+    # prefetched, normalised), without the model: this measure is the data path's memory.
     started = time.perf_counter()
-    model_pass(system, data, torch.arange(spec["num_train"]), frozenset({"probs"}), device)
+    every = torch.arange(spec["num_train"]).split(settings.eval_batch_size)
+    checksum = 0.0
+    for images in prefetched(lambda chunk: data.gather(chunk, device), every, depth=1):
+        checksum += float(data.normalize(images).mean())
     result["pass_seconds"] = time.perf_counter() - started
     result["pass_images"] = spec["num_train"]
     result["peak_rss_mb"] = peak_rss_mb()
@@ -1055,8 +1071,9 @@ def streaming_section(settings: Settings, log: Callable[[str], None]) -> dict[st
 
     a. training throughput, streamed / held in memory, on the same data (fits both);
     b. building a cache from JPEG files against decoding them every epoch (PIL DataLoader);
-    c. peak RSS training from (and predicting over) a cache 4x the memory allowed, in a
-       child process under `ulimit -v` (RLIMIT_AS = its size after start-up + allowance);
+    c. peak RSS training from (and reading every image of) a cache 4x the memory allowed,
+       in a child process under `ulimit -v` (RLIMIT_AS = its size after start-up +
+       allowance), where a copy of the split in memory is refused;
     d. pool scoring from the cache at the section-5 sizes from 100k up, each in a fresh
        process (its own peak RSS), beside section 5's in-memory figures.
     """
@@ -1082,7 +1099,7 @@ def streaming_section(settings: Settings, log: Callable[[str], None]) -> dict[st
         log(f"streaming / in memory, training images/s: {result['ratio']:.3f}")
         result["build"] = cache_build_measure(settings, workdir, log)
         shared = asdict(settings)
-        allowance = 16 if settings.quick else 256
+        allowance = 64 if settings.quick else 256
         shape_bytes = int(np.prod(settings.image_shape))
         bounded_n = 4 * allowance * 2**20 // shape_bytes
         cached_data(settings, workdir / "bounded", bounded_n, "stream")  # writes the cache
@@ -1116,6 +1133,64 @@ def streaming_section(settings: Settings, log: Callable[[str], None]) -> dict[st
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- section 8
+SCALE_STRATEGIES = ("entropy", "tidal_margin", "coreset", "badge", "cal")
+SCALE_SIZES = (437_513, 1_000_000)  # iNaturalist 2018's training split; a million
+
+
+def select_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One strategy's selection on generated pool outputs of size N (its own process)."""
+    from tidal_lightning.strategies.base import PoolOutputs, build_strategy
+
+    n, labeled, classes, dim = spec["pool"], spec["labeled"], spec["classes"], spec["dim"]
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, classes, generator=generator)
+    outputs = {
+        "probs": logits.softmax(dim=1),
+        "td_probs": (logits + torch.randn(n, classes, generator=generator)).softmax(dim=1),
+        "embeddings": torch.randn(n, dim, generator=generator),
+        "labeled_probs": torch.randn(labeled, classes, generator=generator).softmax(dim=1),
+        "labeled_embeddings": torch.randn(labeled, dim, generator=generator),
+    }
+    del logits
+    config = OmegaConf.load(CONF / "strategy" / f"{spec['strategy']}.yaml")
+    assert isinstance(config, DictConfig)
+    strategy = build_strategy(config)
+    pool = PoolOutputs(torch.arange(n), {k: outputs[k] for k in strategy.needs if k in outputs})
+    del outputs
+    gc.collect()
+    before = _status_kb("VmRSS") / 1024
+    started = time.perf_counter()
+    picked = strategy.select(pool, spec["budget"], torch.Generator().manual_seed(1))
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_select_mb": before,
+        "outputs_mb": sum(t.numel() * t.element_size() for t in pool.outputs.values()) / 2**20,
+        "picked": len(set(picked.tolist())),
+    }
+
+
+def scale_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Section 8 (`--at-scale`): selection on pools of 437,513 and 1M samples, per strategy.
+
+    Pool outputs are generated (K = 10 classes, D = 128: the small CNN's embedding), 1000
+    labeled, a budget of 200; each (strategy, size) runs in a fresh process for its own
+    peak RSS. The pool pass that produces the outputs is section 7d's measure.
+    """
+    results: dict[str, Any] = {"labeled": 1000, "budget": 200, "classes": 10, "dim": 128}
+    sizes = (2048, 4096) if settings.quick else SCALE_SIZES
+    for size in sizes:
+        for name in SCALE_STRATEGIES:
+            spec = {"kind": "select", "strategy": name, "pool": size, **results}
+            entry = run_child({**spec, "settings": asdict(settings), "folder": "", "num_train": 0})
+            results[f"{name}/{size}"] = entry
+            took = f"{entry['seconds']:.1f} s, peak RSS {entry['peak_rss_mb']:.0f} MB"
+            log(f"select {name} on {size:,}: {took}")
+    return results
 
 
 # ---------------------------------------------------------------------------- GPU extra
@@ -1240,6 +1315,7 @@ def format_table(results: dict[str, Any]) -> str:
     )
     lines.append(f"{'6 images/s device path':<52} {d['device_images_per_s']:>12.0f}")
     lines.append(f"{'6 speed-up, device / PIL':<52} {d['speedup']:>12.1f}")
+    lines += streaming_lines(results)
     gpu = results["gpu_extra"]
     if "skipped" in gpu:
         lines.append(f"GPU extra skipped: {gpu['skipped']}")
@@ -1255,6 +1331,48 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{r['images_per_s']:>9.0f} {r['first_epoch_extra_s']:>18.1f}"
             )
     return "\n".join(lines)
+
+
+def streaming_lines(results: dict[str, Any]) -> list[str]:
+    """Sections 7 and 8 of the table."""
+    streaming = results["streaming"]
+    op, target = TARGETS["streaming_ratio"]
+    verdict = "PASS" if results["pass"]["streaming_ratio"] else "FAIL"
+    lines = [
+        f"{'7a training images/s, streamed / in memory':<52} "
+        f"{streaming['ratio']:>12.3f} {op + str(target):>9}  {verdict}"
+    ]
+    build = streaming["build"]
+    lines.append(
+        f"{'7b images/s: cache build / PIL decode epoch':<52} "
+        f"{build['build_images_per_s']:>12.0f} / {build['pil_images_per_s']:.0f} "
+        f"({build['build_vs_pil_epoch']:.1f}x; streamed epoch {build['stream_images_per_s']:.0f}; "
+        f"{build['images']} JPEGs 256x192 -> {build['resolution']} px)"
+    )
+    bounded = streaming["bounded"]
+    lines.append(
+        f"{'7c peak RSS, cache 4x the allowance (ulimit -v)':<52} "
+        f"{bounded['peak_rss_mb']:>9.0f} MB  (start {bounded['baseline_rss_mb']:.0f} MB, "
+        f"allowance {bounded['allowance_mb']} MB, cache {bounded['cache_mb']:.0f} MB; "
+        f"{bounded['train_steps']} steps + every image read; in-memory copy "
+        f"{bounded['in_memory_copy']})"
+    )
+    for size, entry in streaming["scoring"].items():
+        lines.append(
+            f"{'7d streamed scoring ' + f'{int(size):,}' + ' samples/s':<52} "
+            f"{entry['samples_per_s']:>12.0f} {'-':>9}  (peak RSS {entry['peak_rss_mb']:.0f} MB; "
+            f"cache {entry['cache_mb']:.0f} MB)"
+        )
+    scale = results.get("at_scale")
+    if scale:
+        for key, entry in scale.items():
+            if isinstance(entry, dict):
+                lines.append(
+                    f"{'8 select ' + key:<52} {entry['seconds']:>10.1f} s  "
+                    f"(peak RSS {entry['peak_rss_mb']:.0f} MB; "
+                    f"outputs {entry['outputs_mb']:.0f} MB)"
+                )
+    return lines
 
 
 def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -1279,6 +1397,8 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
     ]
     results["td_tracker_ratio"] = results["td_overhead"]["run_model"]["tracker_ratio"]
     results["gpu_extra"] = gpu_section(settings, log)
+    if settings.at_scale:
+        results["at_scale"] = scale_section(settings, log)
     results["pass"] = verdicts(results)
     results["total_seconds"] = time.perf_counter() - started
     return results
@@ -1310,6 +1430,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="training-set size of section 1 on the paper's model (default 512: 4 steps)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
+    parser.add_argument(
+        "--at-scale",
+        action="store_true",
+        help="section 8: CoreSet, BADGE, CAL, ... selection on pools of 437,513 and 1M",
+    )
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
