@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,22 @@ def smoke_config(tmp_path: Path) -> Callable[..., DictConfig]:
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Image caches (image_folder, iNaturalist) go to one tmp folder, not data/cache.
+
+    One for the session, as users share theirs between runs: a run that finds its cache
+    built by an earlier one reads it (and logs no build).
+    """
+    previous = os.environ.get("TIDAL_CACHE_DIR")
+    os.environ["TIDAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("image_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TIDAL_CACHE_DIR", None)
+    else:
+        os.environ["TIDAL_CACHE_DIR"] = previous
 
 
 def run_cli(

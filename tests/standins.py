@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+from PIL import Image
 
 
 def _pixels(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -87,3 +89,83 @@ def write_svhn(root: Path, train: int = 20, test: int = 10) -> dict:
         scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
         arrays[split] = (x, y)
     return arrays
+
+
+def write_inaturalist2018(
+    root: Path,
+    supercategories: tuple[str, ...] = ("Plantae", "Aves", "Aves"),
+    train_per_class: tuple[int, ...] = (6, 4, 3),
+    val_per_class: int = 2,
+    size: tuple[int, int] = (40, 30),
+) -> dict:
+    """iNaturalist 2018 in its release layout: `train_val2018/<super>/<id>/<hash>.jpg` and the
+    COCO-style `train2018.json` / `val2018.json` with every field of the official schema.
+
+    Category `k` (json id `k`, as the release numbers them 0..8141) is in
+    `supercategories[k]`, its images in folder `train_val2018/<supercategory>/<k>/`. Each image
+    is a JPEG of `size` (width, height) in a colour of its class plus noise.
+
+    Returns `{"train": [(file_name, class)], "test": [...], "classes": [names]}`.
+    """
+    rng = np.random.default_rng(3)
+    category_entries = []
+    for cid, supercategory in enumerate(supercategories):
+        category_entries.append(
+            {
+                "id": cid,
+                "name": f"{cid}",  # the 2018 release obfuscates names
+                "supercategory": supercategory,
+                "kingdom": "k",
+                "phylum": "p",
+                "class": "c",
+                "order": "o",
+                "family": "f",
+                "genus": "g",
+            }
+        )
+    written: dict = {"classes": [c["name"] for c in category_entries]}
+    next_id = 1000
+    val_counts = (val_per_class,) * len(supercategories)
+    for split, counts in (("train", train_per_class), ("test", val_counts)):
+        images, annotations, listed = [], [], []
+        for cid, (supercategory, count) in enumerate(zip(supercategories, counts, strict=True)):
+            for _ in range(count):
+                next_id += 1
+                name = f"{next_id:032x}.jpg"
+                file_name = f"train_val2018/{supercategory}/{cid}/{name}"
+                pixels = rng.integers(0, 60, size=(size[1], size[0], 3))
+                pixels[..., cid % 3] += 180
+                path = root / file_name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=95)
+                images.append(
+                    {
+                        "id": next_id,
+                        "width": size[0],
+                        "height": size[1],
+                        "file_name": file_name,
+                        "license": 1,
+                        "rights_holder": "someone",
+                    }
+                )
+                annotation = {"id": next_id + 50_000, "image_id": next_id, "category_id": cid}
+                annotations.append(annotation)
+                listed.append((file_name, cid))
+        document = {
+            "info": {
+                "year": 2018,
+                "version": "1.0",
+                "description": "stand-in",
+                "contributor": "tests",
+                "url": "",
+                "date_created": "2018-02-01 00:00:00",
+            },
+            "images": images,
+            "annotations": annotations,
+            "categories": category_entries,
+            "licenses": [{"id": 1, "name": "CC BY", "url": ""}],
+        }
+        json_name = "train2018.json" if split == "train" else "val2018.json"
+        (root / json_name).write_text(json.dumps(document))
+        written[split] = listed
+    return written

@@ -37,12 +37,16 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +54,31 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
 from tidal_lightning.al.scoring import model_pass
 from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
-from tidal_lightning.data.datamodules import ImageClassificationData
+from tidal_lightning.data.augment import random_crop_flip
+from tidal_lightning.data.cache import CacheSource, ImageCache, open_cache, write_cache
+from tidal_lightning.data.cached import (
+    CachedImageData,
+    SplitFiles,
+    choose_placement,
+    free_memory_bytes,
+)
+from tidal_lightning.data.datamodules import (
+    ImageClassificationData,
+    normalize_uint8,
+    uint8_scale_stats,
+)
 from tidal_lightning.data.loader import TensorBatchLoader
+from tidal_lightning.data.manifest import Manifest
+from tidal_lightning.data.streaming import StreamingBatchLoader, prefetched
 from tidal_lightning.errors import ConfigError, TidalError
+from tidal_lightning.models.backbones import SmallCNN
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.seeding import make_generator
 from tidal_lightning.strategies.tidal_margin import TiDALMargin
@@ -72,6 +91,7 @@ TARGETS = {
     "td_overhead_ratio": ("<=", 1.02),
     "lightning_vs_raw_ratio": ("<=", 1.10),
     "data_path_ratio": (">=", 0.90),
+    "streaming_ratio": (">=", 0.80),
 }
 # The Lightning fits of every repeat of sections 2-4 (on the run's model).
 VARIANTS = ("plain", "td", "raw_td", "premade_td", "dispersion")
@@ -138,6 +158,8 @@ class Settings:
     # batch `td_batch_size`, `gpu_extra_labeled` images; empty: skipped
     grid: tuple[tuple[str, bool, bool], ...] = ()
     grid_image_shape: tuple[int, int, int] = (3, 32, 32)
+    streaming: bool = True  # section 7
+    at_scale: bool = False  # section 8: selection on pools of 437k and 1M (minutes)
 
 
 def default_settings(args: argparse.Namespace) -> Settings:
@@ -167,6 +189,7 @@ def default_settings(args: argparse.Namespace) -> Settings:
         std=(0.2470, 0.2435, 0.2616) if cifar else (0.3530,),
         td_labeled=args.td_labeled or 512,
         grid=FULL_GRID if cuda else (),
+        at_scale=args.at_scale,
     )
     if args.short:
         settings = replace(
@@ -174,6 +197,7 @@ def default_settings(args: argparse.Namespace) -> Settings:
             short=True,
             variants=SHORT_VARIANTS,
             pil_section=False,
+            streaming=False,
             repeats=args.repeats or 3,
             scoring_sizes=(10_000, 100_000),
             grid=SHORT_GRID if cuda else SHORT_CPU_GRID,
@@ -389,7 +413,7 @@ def make_trainer(
 
 def lightning_run(
     settings: Settings,
-    data: SyntheticSplit,
+    data: ImageClassificationData,
     td: bool,
     premade: PremadeBatches | None = None,
     pool_images: Tensor | None = None,
@@ -806,6 +830,429 @@ def data_path_section(settings: Settings, log: Callable[[str], None]) -> dict[st
     return result
 
 
+# ------------------------------------------------------------------------- section 7
+class CachedSynthetic(CachedImageData):
+    """Generated images written once into caches on disk (`<folder>/train`, `/test`), then
+    held in memory or streamed from them as `storage` says: the file datasets' path without
+    the files. The same folder gives the same images to every instance."""
+
+    dataset_name = "bench-cached"
+
+    def __init__(
+        self,
+        folder: Path,
+        num_train: int,
+        shape: tuple[int, int, int],
+        num_classes: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=str(folder), cache_dir=str(folder), progress=False, **kwargs)
+        self.spec = (num_train, shape, num_classes)
+        self.mean, self.std = mean, std
+
+    def decoder(self) -> Callable[[Path, int, tuple[int, int]], Tensor]:
+        raise NotImplementedError("generated images are written, not decoded")
+
+    def decoded_shape(self) -> tuple[int, int, int]:
+        return self.spec[1]
+
+    def _split_files(self, train: bool) -> SplitFiles:
+        raise NotImplementedError("generated images have no files")
+
+    def load(self) -> None:
+        if len(self.classes):
+            return
+        num_train, shape, num_classes = self.spec
+        no_files = Manifest([], torch.empty(0), torch.empty(0))
+        for split, count in (("train", num_train), ("test", 64)):
+            folder = self.cache_dir / split
+            if not (folder / "source.pt").exists():
+                generator = torch.Generator().manual_seed(int(split == "train"))
+                chunks = (
+                    torch.randint(
+                        0,
+                        256,
+                        (min(65_536, count - a), *shape),
+                        dtype=torch.uint8,
+                        generator=generator,
+                    )
+                    for a in range(0, count, 65_536)
+                )
+                write_cache(folder, CacheSource(folder, no_files, shape), count, chunks)
+            self.caches[split] = ImageCache(folder)
+        targets = torch.randint(0, num_classes, (num_train,), generator=torch.Generator())
+        self.train_targets = targets
+        self.test_targets = torch.arange(64) % num_classes
+        self.classes = [f"class_{c}" for c in range(num_classes)]
+
+
+def cached_data(settings: Settings, folder: Path, num_train: int, storage: str) -> CachedSynthetic:
+    data = CachedSynthetic(
+        folder,
+        num_train,
+        settings.image_shape,
+        settings.num_classes,
+        settings.mean,
+        settings.std,
+        storage=storage,
+        batch_size=settings.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        pad=4,
+        flip=True,
+    )
+    data.load()
+    data.start_cycle(torch.arange(min(settings.labeled, num_train)), seed=0, cycle=0)
+    return data
+
+
+def write_photos(folder: Path, count: int, size: tuple[int, int] = (256, 192)) -> None:
+    """`count` photo-like JPEGs (smooth colour gradients with mild noise), `size` = (W, H)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]]
+    for n in range(count):
+        base = rng.uniform(0, 1, 3)[:, None, None] * 255
+        wave = np.sin(xs / rng.uniform(8, 40) + ys / rng.uniform(8, 40))
+        pixels = base + 60 * wave + rng.normal(0, 8, (3, size[1], size[0]))
+        image = pixels.clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
+        Image.fromarray(image).save(folder / f"p{n:05d}.jpg", quality=90)
+
+
+class PILFiles(torch.utils.data.Dataset[tuple[Tensor, int]]):
+    """A folder of image files the torchvision way: decode, resize, augment per sample."""
+
+    def __init__(self, paths: list[Path], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), 0
+
+
+def cache_build_measure(
+    settings: Settings, workdir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Images/s: building a cache from JPEG files, once, against decoding them every epoch
+    with a per-sample PIL `DataLoader`, and an epoch streamed from the built cache."""
+    import torchvision.transforms as T
+
+    from tidal_lightning.data.decode import list_images, read_image
+
+    count = 64 if settings.quick else 1024
+    side = 64  # the iNaturalist preset's resolution
+    photos = workdir / "photos"
+    write_photos(photos, count)
+    names = list_images(photos)
+    source = CacheSource(photos, Manifest.scan(photos, names), (3, side, side))
+    started = time.perf_counter()
+    cache = open_cache(workdir / "photo_cache", source, read_image, progress=False)
+    build_s = time.perf_counter() - started
+    transform = T.Compose(
+        [
+            T.Resize((side, side)),
+            T.RandomCrop(side, padding=8),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        PILFiles([photos / n for n in names], transform),
+        batch_size=128,
+        shuffle=True,
+        num_workers=settings.num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+    device = torch.device(settings.device)
+    stats = uint8_scale_stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
+    generator = make_generator(0, 0, "augment", device)
+
+    def pil_epoch() -> float:
+        started = time.perf_counter()
+        for x, _ in loader:
+            x.to(device)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    def stream_epoch() -> float:
+        batches = StreamingBatchLoader(
+            cache,
+            torch.zeros(count, dtype=torch.long),
+            torch.arange(count),
+            128,
+            True,
+            torch.Generator().manual_seed(0),
+            device=device,
+        )
+        started = time.perf_counter()
+        for x, _, _ in batches:
+            normalize_uint8(random_crop_flip(x, 8, True, generator), *stats)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    pil_s = [pil_epoch() for _ in range(max(2, min(settings.repeats, 3)))]
+    stream_s = [stream_epoch() for _ in range(settings.repeats)]
+    result: dict[str, Any] = {
+        "images": count,
+        "file_size": [256, 192],
+        "resolution": side,
+        "build_workers": os.cpu_count(),
+        "build_seconds": build_s,
+        "build_images_per_s": count / build_s,
+        "pil_workers": settings.num_workers,
+        "pil_epoch_seconds": pil_s,
+        "pil_images_per_s": count / statistics.median(pil_s),
+        "stream_epoch_seconds": stream_s,
+        "stream_images_per_s": count / statistics.median(stream_s),
+    }
+    result["build_vs_pil_epoch"] = result["build_images_per_s"] / result["pil_images_per_s"]
+    log(
+        f"cache build {result['build_images_per_s']:.0f} img/s, PIL epoch "
+        f"{result['pil_images_per_s']:.0f} img/s, streamed epoch "
+        f"{result['stream_images_per_s']:.0f} img/s"
+    )
+    return result
+
+
+CHILD = "import sys; from tidal_lightning.bench import child_main; child_main(sys.argv[1])"
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs `child_main(spec)` in a fresh process (its own peak RSS) and returns its JSON."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # thread arenas would reserve 64 MB each
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"bench child {spec['kind']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def child_main(encoded: str) -> None:
+    """A bench measure in its own process: `bounded` (training and a pool pass from a cache
+    4x larger than the memory allowed, under `ulimit -v`) or `scoring` (a streamed pool pass)."""
+    quiet_lightning()
+    spec = json.loads(encoded)
+    if spec["kind"] == "select":
+        print(json.dumps(select_child(spec)))
+        return
+    # JSON turned the tuples into lists
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in spec["settings"].items()
+    }
+    settings = Settings(**fields)
+    device = torch.device(settings.device)
+    data = cached_data(settings, Path(spec["folder"]), spec["num_train"], "stream")
+    result: dict[str, Any] = {}
+    if spec["kind"] == "scoring":
+        system = build_system(settings, spec["num_train"], td=True)
+        indices = torch.arange(spec["num_train"])
+        model_pass(system, data, indices[: settings.eval_batch_size], TiDALMargin.needs, device)
+        synchronize(device)
+        started = time.perf_counter()
+        model_pass(system, data, indices, TiDALMargin.needs, device)
+        synchronize(device)
+        result["seconds"] = time.perf_counter() - started
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+    # bounded: the whole training set is the cache; only the allowance may be added. The
+    # measure is the data path's memory, so a narrow CNN keeps the full pass short.
+    data.start_cycle(torch.arange(spec["num_train"]), seed=0, cycle=0)
+    torch.manual_seed(0)
+    backbone = SmallCNN(settings.num_classes, settings.image_shape[0], width=4)
+    system = ActiveLearningSystem(
+        backbone, settings.num_classes, optimizer=partial(torch.optim.SGD, lr=0.01)
+    )
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=spec["steps"],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    small = torch.arange(settings.eval_batch_size)
+    model_pass(system, data, small, frozenset({"probs"}), device)  # warm-up: lazy allocations
+    baseline_rss, baseline_vm = _status_kb("VmRSS") / 1024, _status_kb("VmSize") * 1024
+    allowed = spec["allowance_mb"] * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (baseline_vm + allowed, resource.RLIM_INFINITY))
+    result.update(
+        cache_mb=data.caches["train"].nbytes / 2**20,
+        allowance_mb=spec["allowance_mb"],
+        baseline_rss_mb=baseline_rss,
+        placement_auto=choose_placement(
+            "auto", data.caches["train"].nbytes, free_memory_bytes(torch.device("cpu"))
+        )[0],
+    )
+    try:
+        data.caches["train"].read_all()
+        result["in_memory_copy"] = "allocated (the limit is not real)"
+    except (MemoryError, RuntimeError) as refused:
+        result["in_memory_copy"] = f"refused: {type(refused).__name__}"
+    started = time.perf_counter()
+    trainer.fit(system, datamodule=data)
+    result["train_steps"] = trainer.global_step
+    result["train_seconds"] = time.perf_counter() - started
+    # Every image once, as a pool pass reads them (chunks through `gather`, the next chunk
+    # prefetched, normalised), without the model: this measure is the data path's memory.
+    started = time.perf_counter()
+    every = torch.arange(spec["num_train"]).split(settings.eval_batch_size)
+    checksum = 0.0
+    for images in prefetched(lambda chunk: data.gather(chunk, device), every, depth=1):
+        checksum += float(data.normalize(images).mean())
+    result["pass_seconds"] = time.perf_counter() - started
+    result["pass_images"] = spec["num_train"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def streaming_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Section 7: the streaming path (batches read from a cache on disk, prefetched).
+
+    a. training throughput, streamed / held in memory, on the same data (fits both);
+    b. building a cache from JPEG files against decoding them every epoch (PIL DataLoader);
+    c. peak RSS training from (and reading every image of) a cache 4x the memory allowed,
+       in a child process under `ulimit -v` (RLIMIT_AS = its size after start-up +
+       allowance), where a copy of the split in memory is refused;
+    d. pool scoring from the cache at the section-5 sizes from 100k up, each in a fresh
+       process (its own peak RSS), beside section 5's in-memory figures.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
+    try:
+        folder = workdir / "labeled"
+        runs = {
+            storage: cached_data(settings, folder, settings.labeled, storage)
+            for storage in ("memory", "stream")
+        }
+        for data in runs.values():
+            lightning_run(settings, data, td=True)  # warm-up
+        times: dict[str, list[float]] = {"memory": [], "stream": []}
+        for repeat in range(settings.repeats):
+            order = ("memory", "stream") if repeat % 2 == 0 else ("stream", "memory")
+            for storage in order:
+                times[storage].append(lightning_run(settings, runs[storage], td=True)["epoch"])
+        result: dict[str, Any] = {
+            "epoch_seconds": times,
+            "ratio": median_ratio(times["memory"], times["stream"]),
+            "placements": {s: d.placements for s, d in runs.items()},
+        }
+        log(f"streaming / in memory, training images/s: {result['ratio']:.3f}")
+        result["build"] = cache_build_measure(settings, workdir, log)
+        shared = asdict(settings)
+        allowance = 64 if settings.quick else 256
+        shape_bytes = int(np.prod(settings.image_shape))
+        bounded_n = 4 * allowance * 2**20 // shape_bytes
+        cached_data(settings, workdir / "bounded", bounded_n, "stream")  # writes the cache
+        result["bounded"] = run_child(
+            {
+                "kind": "bounded",
+                "settings": shared,
+                "folder": str(workdir / "bounded"),
+                "num_train": bounded_n,
+                "allowance_mb": allowance,
+                "steps": 20 if settings.quick else 200,
+            }
+        )
+        shutil.rmtree(workdir / "bounded")
+        log(f"bounded memory: {result['bounded']}")
+        sizes = [n for n in settings.scoring_sizes if n >= 100_000]
+        sizes = sizes or list(settings.scoring_sizes[-2:])  # --quick: its two largest
+        scoring = {}
+        for size in sizes:
+            pool = workdir / f"pool_{size}"
+            cached_data(settings, pool, size, "stream")
+            entry = run_child(
+                {"kind": "scoring", "settings": shared, "folder": str(pool), "num_train": size}
+            )
+            entry["samples_per_s"] = size / entry["seconds"]
+            entry["cache_mb"] = size * shape_bytes / 2**20
+            scoring[str(size)] = entry
+            shutil.rmtree(pool)
+            log(f"streamed scoring {size}: {entry['samples_per_s']:.0f} samples/s")
+        result["scoring"] = scoring
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- section 8
+SCALE_STRATEGIES = ("entropy", "tidal_margin", "coreset", "badge", "cal")
+SCALE_SIZES = (437_513, 1_000_000)  # iNaturalist 2018's training split; a million
+
+
+def select_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One strategy's selection on generated pool outputs of size N (its own process)."""
+    from tidal_lightning.strategies.base import PoolOutputs, build_strategy
+
+    n, labeled, classes, dim = spec["pool"], spec["labeled"], spec["classes"], spec["dim"]
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, classes, generator=generator)
+    outputs = {
+        "probs": logits.softmax(dim=1),
+        "td_probs": (logits + torch.randn(n, classes, generator=generator)).softmax(dim=1),
+        "embeddings": torch.randn(n, dim, generator=generator),
+        "labeled_probs": torch.randn(labeled, classes, generator=generator).softmax(dim=1),
+        "labeled_embeddings": torch.randn(labeled, dim, generator=generator),
+    }
+    del logits
+    config = OmegaConf.load(CONF / "strategy" / f"{spec['strategy']}.yaml")
+    assert isinstance(config, DictConfig)
+    strategy = build_strategy(config)
+    pool = PoolOutputs(torch.arange(n), {k: outputs[k] for k in strategy.needs if k in outputs})
+    del outputs
+    gc.collect()
+    before = _status_kb("VmRSS") / 1024
+    started = time.perf_counter()
+    picked = strategy.select(pool, spec["budget"], torch.Generator().manual_seed(1))
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_select_mb": before,
+        "outputs_mb": sum(t.numel() * t.element_size() for t in pool.outputs.values()) / 2**20,
+        "picked": len(set(picked.tolist())),
+    }
+
+
+def scale_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Section 8 (`--at-scale`): selection on pools of 437,513 and 1M samples, per strategy.
+
+    Pool outputs are generated (K = 10 classes, D = 128: the small CNN's embedding), 1000
+    labeled, a budget of 200; each (strategy, size) runs in a fresh process for its own
+    peak RSS. The pool pass that produces the outputs is section 7d's measure.
+    """
+    results: dict[str, Any] = {"labeled": 1000, "budget": 200, "classes": 10, "dim": 128}
+    sizes = (2048, 4096) if settings.quick else SCALE_SIZES
+    for size in sizes:
+        for name in SCALE_STRATEGIES:
+            spec = {"kind": "select", "strategy": name, "pool": size, **results}
+            entry = run_child({**spec, "settings": asdict(settings), "folder": "", "num_train": 0})
+            results[f"{name}/{size}"] = entry
+            took = f"{entry['seconds']:.1f} s, peak RSS {entry['peak_rss_mb']:.0f} MB"
+            log(f"select {name} on {size:,}: {took}")
+    return results
+
+
 # ---------------------------------------------------------------------------- GPU extra
 def gpu_section(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     """ResNet-18 on CIFAR-10 shapes (`--quick`: 8x8) with TiDAL: images/s per speed option.
@@ -952,6 +1399,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
         lines.append(f"{'6 images/s device path':<52} {d['device_images_per_s']:>12.0f}")
         lines.append(f"{'6 speed-up, device / PIL':<52} {d['speedup']:>12.1f}")
+    if "streaming" in results:
+        lines += streaming_lines(results)
     gpu = results["gpu_extra"]
     if "skipped" in gpu:
         lines.append(f"GPU extra skipped: {gpu['skipped']}")
@@ -969,6 +1418,48 @@ def format_table(results: dict[str, Any]) -> str:
             else:
                 lines.append(f"{head} {r['images_per_s']:>9.0f} {r['first_epoch_extra_s']:>18.1f}")
     return "\n".join(lines)
+
+
+def streaming_lines(results: dict[str, Any]) -> list[str]:
+    """Sections 7 and 8 of the table."""
+    streaming = results["streaming"]
+    op, target = TARGETS["streaming_ratio"]
+    verdict = "PASS" if results["pass"]["streaming_ratio"] else "FAIL"
+    lines = [
+        f"{'7a training images/s, streamed / in memory':<52} "
+        f"{streaming['ratio']:>12.3f} {op + str(target):>9}  {verdict}"
+    ]
+    build = streaming["build"]
+    lines.append(
+        f"{'7b images/s: cache build / PIL decode epoch':<52} "
+        f"{build['build_images_per_s']:>12.0f} / {build['pil_images_per_s']:.0f} "
+        f"({build['build_vs_pil_epoch']:.1f}x; streamed epoch {build['stream_images_per_s']:.0f}; "
+        f"{build['images']} JPEGs 256x192 -> {build['resolution']} px)"
+    )
+    bounded = streaming["bounded"]
+    lines.append(
+        f"{'7c peak RSS, cache 4x the allowance (ulimit -v)':<52} "
+        f"{bounded['peak_rss_mb']:>9.0f} MB  (start {bounded['baseline_rss_mb']:.0f} MB, "
+        f"allowance {bounded['allowance_mb']} MB, cache {bounded['cache_mb']:.0f} MB; "
+        f"{bounded['train_steps']} steps + every image read; in-memory copy "
+        f"{bounded['in_memory_copy']})"
+    )
+    for size, entry in streaming["scoring"].items():
+        lines.append(
+            f"{'7d streamed scoring ' + f'{int(size):,}' + ' samples/s':<52} "
+            f"{entry['samples_per_s']:>12.0f} {'-':>9}  (peak RSS {entry['peak_rss_mb']:.0f} MB; "
+            f"cache {entry['cache_mb']:.0f} MB)"
+        )
+    scale = results.get("at_scale")
+    if scale:
+        for key, entry in scale.items():
+            if isinstance(entry, dict):
+                lines.append(
+                    f"{'8 select ' + key:<52} {entry['seconds']:>10.1f} s  "
+                    f"(peak RSS {entry['peak_rss_mb']:.0f} MB; "
+                    f"outputs {entry['outputs_mb']:.0f} MB)"
+                )
+    return lines
 
 
 def run(
@@ -1003,6 +1494,10 @@ def run(
     if settings.pil_section:
         results["old_vs_new"] = data_path_section(settings, log)
         done()
+    if settings.streaming:
+        results["streaming"] = streaming_section(settings, log)
+        results["streaming_ratio"] = results["streaming"]["ratio"]
+        done()
     # after scoring: peak RSS is per process, and ResNet-18's would mask the pools' own peaks
     results["td_overhead"] = td_overhead_section(settings, log)
     results["td_overhead_ratio"] = results["td_overhead"]["paper"]["td_overhead_ratio"]
@@ -1012,6 +1507,8 @@ def run(
     results["td_tracker_ratio"] = results["td_overhead"]["run_model"]["tracker_ratio"]
     done()
     results["gpu_extra"] = gpu_section(settings, log)
+    if settings.at_scale:
+        results["at_scale"] = scale_section(settings, log)
     results["complete"] = True
     done()
     return results
@@ -1047,6 +1544,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--short",
         action="store_true",
         help="the GPU check's form: sections 1, 2 and 5 and five speed-option rows",
+    )
+    parser.add_argument(
+        "--at-scale",
+        action="store_true",
+        help="section 8: CoreSet, BADGE, CAL, ... selection on pools of 437,513 and 1M",
     )
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     parser.add_argument("--channels-last", action="store_true")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,15 @@ import pytest
 import torch
 import torchvision
 
-from tests.standins import write_cifar, write_fashion_mnist_gz, write_svhn
+from tests.standins import (
+    write_cifar,
+    write_fashion_mnist_gz,
+    write_inaturalist2018,
+    write_svhn,
+)
 from tidal_lightning.data.datamodules import CIFAR10, CIFAR100, SVHN, FashionMNIST
+from tidal_lightning.data.decode import read_image
+from tidal_lightning.data.inaturalist import AnnotationError, INaturalist2018
 from tidal_lightning.errors import DataNotFoundError
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -82,3 +91,40 @@ def test_real_fashion_mnist(tmp_path: Path) -> None:
     assert data.train_images.shape == (60000, 1, 28, 28) and len(data.test_targets) == 10000
     assert torch.bincount(data.train_targets).tolist() == [6000] * 10
     assert data.classes[0] == "T-shirt/top"
+
+
+def test_inaturalist2018_from_its_release_layout(tmp_path: Path) -> None:
+    written = write_inaturalist2018(tmp_path / "inat")
+    data = INaturalist2018(
+        root=str(tmp_path / "inat"), image_size=[12, 10], cache_workers=0, storage="memory"
+    )
+    data.load()
+    assert data.classes == written["classes"] and data.num_classes == 3
+    assert data.supercategories == ["Plantae", "Aves", "Aves"]
+    # dataset order = the order of `images` in each json file; the val split is the test set
+    assert data.train_targets.tolist() == [label for _, label in written["train"]]
+    assert data.test_targets.tolist() == [label for _, label in written["test"]]
+    assert data.image_shape == (3, 12, 10) and data.num_train == 13
+    files = [tmp_path / "inat" / name for name, _ in written["train"]]
+    expected = torch.stack([read_image(f, 3, (12, 10)) for f in files])
+    assert torch.equal(data.gather(torch.arange(13), "cpu"), expected)
+    # the JPEGs are mostly their class's colour: channel (class % 3) is the brightest
+    brightest = expected.float().mean(dim=(2, 3)).argmax(dim=1)
+    assert brightest.tolist() == [label % 3 for _, label in written["train"]]
+    test_images, _ = data.split_on("cpu", train=False)
+    first_test = read_image(tmp_path / "inat" / written["test"][0][0], 3, (12, 10))
+    assert torch.equal(test_images[0], first_test)
+
+
+def test_inaturalist2018_missing_files_and_bad_annotations_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match=r"train2018\.json not found"):
+        INaturalist2018(root=str(tmp_path / "none"), cache_workers=0).load()
+    written = write_inaturalist2018(tmp_path / "inat")
+    (tmp_path / "inat" / written["train"][2][0]).unlink()
+    with pytest.raises(DataNotFoundError, match=re.escape(written["train"][2][0])):
+        INaturalist2018(root=str(tmp_path / "inat"), cache_workers=0).load()
+    document = json.loads((tmp_path / "inat" / "val2018.json").read_text())
+    document["annotations"][0]["category_id"] = 99
+    (tmp_path / "inat" / "val2018.json").write_text(json.dumps(document))
+    with pytest.raises(AnnotationError, match=r"category ids \[99\]"):
+        INaturalist2018(root=str(tmp_path / "inat"), cache_workers=0)._split_files(train=False)

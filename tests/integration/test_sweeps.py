@@ -38,6 +38,7 @@ SHIPPED = {
     "CIFAR100": (100, 3, 50_000),
     "FashionMNIST": (10, 1, 60_000),
     "SVHN": (10, 3, 73_257),
+    "INaturalist2018": (8142, 3, 437_513),
 }
 
 TIDAL_STRATEGIES = {
@@ -58,6 +59,7 @@ TIDAL_SWEEPS = {
     "tidal_svhn": ("svhn", {1}),
     "tidal_cifar10_lt": ("cifar10_lt", {10, 100}),
     "tidal_cifar100_lt": ("cifar100_lt", {10, 100}),
+    "tidal_inaturalist2018": ("inaturalist2018", {1}),
 }
 DISPERSION_SWEEPS = {"dispersion_cifar10": "CIFAR10", "dispersion_cifar100": "CIFAR100"}
 
@@ -182,7 +184,10 @@ def test_tidal_sweeps_are_the_paper_preset_plus_the_grid(name: str, tmp_path: Pa
                 config.trainer.pop("enable_progress_bar")
         assert swept == plain, job
     cfg = compose_config([f"+sweep={name}", *jobs[0]], tmp_path)
-    assert cfg.trainer.max_epochs == 200 and cfg.al.cycles == 10 and cfg.al.pool_subset == 10_000
+    # iNaturalist 2018: 20,000 + 20,000 per cycle, 5 trainings; five budgets scored per query
+    cycles, subset = (5, 100_000) if preset == "inaturalist2018" else (10, 10_000)
+    assert cfg.trainer.max_epochs == 200 and cfg.al.cycles == cycles
+    assert cfg.al.pool_subset == subset
     assert cfg.model.optimizer.lr == 0.1 and list(cfg.model.scheduler.milestones) == [160]
     assert cfg.model.backbone._target_.endswith(".ResNet18")
 

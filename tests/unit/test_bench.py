@@ -75,6 +75,24 @@ def test_quick_run_writes_bench_json_with_consistent_ratios(
             for a, b in zip(data["pil_epoch_seconds"], data["device_epoch_seconds"], strict=True)
         )
     )
+    streaming = results["streaming"]
+    epochs = streaming["epoch_seconds"]
+    assert results["streaming_ratio"] == pytest.approx(
+        bench.median_ratio(epochs["memory"], epochs["stream"])
+    )
+    assert {s: p["cpu"]["placement"] for s, p in streaming["placements"].items()} == {
+        "memory": "memory",
+        "stream": "stream",
+    }
+    build = streaming["build"]
+    assert build["build_images_per_s"] == pytest.approx(build["images"] / build["build_seconds"])
+    bounded = streaming["bounded"]
+    # the cache was 4x the memory allowed; a copy in memory was refused, streaming went on
+    assert bounded["cache_mb"] == pytest.approx(4 * bounded["allowance_mb"], rel=1e-3)
+    assert bounded["in_memory_copy"].startswith("refused")
+    assert bounded["placement_auto"] == "stream" and bounded["train_steps"] == 20
+    for size, entry in streaming["scoring"].items():
+        assert entry["samples_per_s"] == pytest.approx(int(size) / entry["seconds"])
     machine = results["machine"]
     assert {"device_name", "torch", "threads", "device"} <= set(machine)
     settings = results["settings"]

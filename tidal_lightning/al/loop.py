@@ -39,7 +39,7 @@ from tidal_lightning.al.records import (
 from tidal_lightning.al.scoring import pool_pass, query_diagnostics, td_agreement
 from tidal_lightning.al.state import RunState, check_run_folder, restore_rng
 from tidal_lightning.callbacks.epoch_line import EpochLine
-from tidal_lightning.callbacks.pool_dynamics import PoolDynamicsRecorder
+from tidal_lightning.callbacks.pool_dynamics import IndexedImages, PoolDynamicsRecorder
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.checkpoints import checkpoint_path, make_checkpoint, save_checkpoint
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
@@ -404,7 +404,9 @@ def build_system(
     recorder = None
     if strategy.requires_recorder and pool_subset is not None:
         recorder = PoolDynamicsRecorder(
-            datamodule.gather(pool_subset, "cpu"),
+            # read in chunks when the recorder runs: a large pool subset never sits whole
+            # on the host (iNaturalist's 100k at 64 px would be 1.2 GB)
+            IndexedImages(datamodule.gather, pool_subset),
             datamodule.normalize,
             num_classes,
             batch_size=datamodule.eval_batch_size,
@@ -445,6 +447,9 @@ def train_cycle(run: Run, plan: CyclePlan) -> Trained:
     )
     started = time.perf_counter()
     trainer.fit(system, datamodule=run.datamodule)
+    placements = getattr(run.datamodule, "placements", None)
+    if placements:  # where a cached dataset's splits were put (memory or streamed), and why
+        run.state.summary["data_placement"] = placements
     return Trained(system, trainer, recorder, time.perf_counter() - started)
 
 

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from tidal_lightning import distributed
 from tidal_lightning.data.datamodules import ImageClassificationData
+from tidal_lightning.data.streaming import prefetched
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.strategies import scores
 from tidal_lightning.strategies.base import (
@@ -34,7 +35,9 @@ def model_pass(
 ) -> dict[str, Tensor]:
     """Runs the trained system in eval mode over `indices` of the training split.
 
-    Batches of `datamodule.eval_batch_size` bound memory; outputs stay on `device`.
+    Images are read `datamodule.eval_batch_size` at a time (the next chunk while this one is
+    predicted), so the pass holds two chunks of images whatever N is, also when the
+    datamodule streams its split from disk; the outputs (`[N, ...]`) stay on `device`.
 
     Under DDP every rank must call this with the same arguments: each predicts its strided
     shard of `indices` (padded by one sample where it is one short, so all ranks send the
@@ -61,11 +64,16 @@ def model_pass(
         positions = distributed.shard(len(indices))
         rows = distributed.shard_size(len(indices), distributed.world_size(), 0)
         local = torch.cat([indices[positions], indices[:1].expand(rows - len(positions))])
+    chunks = [
+        local[start : start + datamodule.eval_batch_size]
+        for start in range(0, len(local), datamodule.eval_batch_size)
+    ]
     batches: list[dict[str, Tensor]] = []
-    for start in range(0, len(local), datamodule.eval_batch_size):
-        batch = local[start : start + datamodule.eval_batch_size]
-        images = datamodule.normalize(datamodule.gather(batch, device))
-        batches.append(system.predict_batch(images, needs, mc_samples, generator))
+    # The next chunk is read (from the device copy, or from the cache on disk when the
+    # datamodule streams) while this one is predicted.
+    for images in prefetched(lambda chunk: datamodule.gather(chunk, device), chunks, depth=1):
+        normalized = datamodule.normalize(images)
+        batches.append(system.predict_batch(normalized, needs, mc_samples, generator))
     outputs = {name: torch.cat([b[name] for b in batches]) for name in sorted(needs)}
     if sharded:
         outputs = {k: distributed.gather_strided(v, len(indices)) for k, v in outputs.items()}

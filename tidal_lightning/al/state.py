@@ -30,6 +30,13 @@ RESUME_IGNORED_KEYS = (
     "sweep_name",
     "dataset.root",
     "dataset.download",
+    # how a cached dataset's images reach the device, and where its cache lives
+    "dataset.storage",
+    "dataset.cache_dir",
+    "dataset.cache_rebuild",
+    "dataset.cache_workers",
+    "dataset.prefetch",
+    "dataset.progress",
     "trainer.enable_progress_bar",
     # which file the labels are imported from, and where Label Studio serves images from
     "oracle.labels",

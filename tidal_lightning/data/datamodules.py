@@ -1,5 +1,9 @@
 """Image-classification datamodules that keep a whole split in memory as uint8.
 
+(Datasets of image files too large for that, `image_folder` and `inaturalist2018`, are
+`CachedImageData` in `cached.py`: decoded once into a cache on disk, held in memory when it
+fits, else streamed from the cache. They keep this interface.)
+
 The AL loop needs index-level control over which samples are trained on each cycle,
 so every datamodule exposes its splits as tensors and serves the current labeled
 subset through `TensorBatchLoader`. The loaders read the split from the trainer's device
@@ -13,7 +17,6 @@ from __future__ import annotations
 import gzip
 import shutil
 import socket
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +27,7 @@ import torchvision
 from torch import Tensor
 
 from tidal_lightning.data.augment import random_crop_flip
-from tidal_lightning.data.loader import TensorBatchLoader
+from tidal_lightning.data.loader import IndexBatchLoader, TensorBatchLoader
 from tidal_lightning.errors import DataNotFoundError
 from tidal_lightning.seeding import make_generator
 
@@ -98,9 +101,13 @@ class ImageClassificationData(pl.LightningDataModule):
         self._device_splits: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------- reading
-    @abstractmethod
     def _read(self, train: bool) -> tuple[Tensor, Tensor, list[str]]:
-        """Returns `[N, C, H, W]` uint8 images, `[N]` int64 targets and the class names."""
+        """Returns `[N, C, H, W]` uint8 images, `[N]` int64 targets and the class names.
+
+        In-memory datasets implement this; `CachedImageData` (files decoded into a cache on
+        disk) overrides `load` instead.
+        """
+        raise NotImplementedError(f"{type(self).__name__} reads no split into memory")
 
     def expected_path(self) -> Path:
         """Where the files are looked for; named in the error when they are missing."""
@@ -204,7 +211,7 @@ class ImageClassificationData(pl.LightningDataModule):
             return split.device
         return self.trainer.strategy.root_device
 
-    def train_dataloader(self) -> TensorBatchLoader:
+    def train_dataloader(self) -> IndexBatchLoader:
         images, targets = self.split_on(self._loader_device(self.train_images), train=True)
         return TensorBatchLoader(
             images,
@@ -215,7 +222,7 @@ class ImageClassificationData(pl.LightningDataModule):
             generator=make_generator(self._seed, self._cycle, "shuffle"),
         )
 
-    def test_dataloader(self) -> TensorBatchLoader:
+    def test_dataloader(self) -> IndexBatchLoader:
         images, targets = self.split_on(self._loader_device(self.test_images), train=False)
         every = torch.arange(len(targets))
         return TensorBatchLoader(images, targets, every, self.eval_batch_size)

@@ -5,87 +5,44 @@ position in that order is the sample's dataset index). Labels known up front com
 `labels_csv`; every other training label is `UNKNOWN` (-1) until an oracle supplies it. A
 held-out `test_csv` forms the test split; without one there is none.
 
-Images are decoded once and held resized, as `[N, C, H, W]` uint8, like the other datamodules.
-That suits folders of up to some hundred thousand small images; a folder that does not fit in
-memory at `image_size` would need a streaming DataLoader path instead.
+Each split is decoded once, resized to `image_size`, into a cache on disk (`CachedImageData`:
+built in parallel, resumable, shared by runs, refused when the files change), then held in
+memory or streamed from the cache as it fits: a folder of a million photos runs as a folder
+of a hundred does.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
-from tidal_lightning.data.datamodules import ImageClassificationData
-from tidal_lightning.errors import TidalError
+from tidal_lightning.data.cached import CachedImageData, SplitFiles
+from tidal_lightning.data.decode import (  # re-exported: predict and tests read them here
+    IMAGE_SUFFIXES,
+    ImageFolderError,
+    as_size,
+    list_images,
+    read_image,
+    read_images,
+)
 
 UNKNOWN = -1  # the target of a training image whose label nobody has given yet
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-
-class ImageFolderError(TidalError):
-    """The image folder, its class list or one of its label CSVs cannot be used as given."""
-
-
-def list_images(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files under `root`, recursively, sorted.
-
-    Hidden files and folders (a leading `.`, e.g. `.ipynb_checkpoints`) are skipped.
-    """
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            found.append(relative.as_posix())
-    return sorted(found)
-
-
-def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """`image_size` as `(H, W)`: an int is a square side."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    sizes = tuple(int(s) for s in image_size)
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise ImageFolderError(f"dataset.image_size={list(image_size)}: must be [height, width]")
-    return sizes[0], sizes[1]
-
-
-def read_image(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
-    """One image file -> `[C, H, W]` uint8 at `size`, `C` = `channels` (1: grey, 3: RGB).
-
-    EXIF orientation is applied (phone photos are stored rotated); an animated GIF gives
-    its first frame.
-    """
-    try:
-        with Image.open(path) as opened:
-            upright = ImageOps.exif_transpose(opened)
-            array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageFolderError(
-            f"{path} is not a readable image ({error}); remove or replace it"
-        ) from error
-    image = torch.from_numpy(array.copy())
-    image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
-    if tuple(image.shape[1:]) != size:
-        image = TF.resize(image, list(size), antialias=True)
-    return image.contiguous()
-
-
-def read_images(paths: Sequence[Path], channels: int, size: tuple[int, int]) -> Tensor:
-    """`[N, C, H, W]` uint8 of the files in `paths`, each resized to `size`."""
-    images = torch.empty(len(paths), channels, *size, dtype=torch.uint8)
-    for position, path in enumerate(paths):
-        images[position] = read_image(path, channels, size)
-    return images
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "UNKNOWN",
+    "ImageFolderData",
+    "ImageFolderError",
+    "as_size",
+    "list_images",
+    "read_image",
+    "read_images",
+]
 
 
 def read_class_names(classes: Sequence[str] | None, classes_file: str | None) -> list[str]:
@@ -160,7 +117,7 @@ def read_label_csv(
     return rows
 
 
-class ImageFolderData(ImageClassificationData):
+class ImageFolderData(CachedImageData):
     """Your own images: a folder, a class list, and whichever labels are known.
 
     Args:
@@ -176,7 +133,8 @@ class ImageFolderData(ImageClassificationData):
         test_csv: held-out `path,label` rows (path relative to `root`, may lead outside
             it); these images are never in the training pool. None: no test split.
         mean, std: per-channel normalisation on the [0, 1] scale (one number for all).
-        **kwargs: see `ImageClassificationData` (batch sizes, augmentation, imbalance).
+        **kwargs: see `CachedImageData` (storage, cache) and `ImageClassificationData`
+            (batch sizes, augmentation, imbalance).
     """
 
     dataset_name = "image_folder"
@@ -264,18 +222,21 @@ class ImageFolderData(ImageClassificationData):
             )
         return rows
 
-    def _read(self, train: bool) -> tuple[Tensor, Tensor, list[str]]:
+    def decoder(self) -> Callable[[Path, int, tuple[int, int]], Tensor]:
+        return read_image
+
+    def decoded_shape(self) -> tuple[int, int, int]:
+        return self.channels, *self.image_size
+
+    def _split_files(self, train: bool) -> SplitFiles:
         if train:
-            return self._read_train()
+            return self._train_files()
         rows = self._test_rows()
         self.test_paths = [p for _, p, _ in rows]
-        images = read_images(
-            [self.root / p for p in self.test_paths], self.channels, self.image_size
-        )
         targets = torch.tensor([label for _, _, label in rows], dtype=torch.long)
-        return images, targets, self.classes
+        return SplitFiles(self.root, self.test_paths, targets)
 
-    def _read_train(self) -> tuple[Tensor, Tensor, list[str]]:
+    def _train_files(self) -> SplitFiles:
         self._check_settings()
         self.classes = read_class_names(self.class_names, self.classes_file)
         if not self.root.is_dir():
@@ -291,7 +252,6 @@ class ImageFolderData(ImageClassificationData):
                 f"{', '.join(sorted(IMAGE_SUFFIXES))}, minus those in dataset.test_csv)"
             )
         self.train_paths = paths
-        images = read_images([self.root / p for p in paths], self.channels, self.image_size)
         targets = torch.full((len(paths),), UNKNOWN, dtype=torch.long)
         if self.labels_csv:
             csv_path = self._csv_file(self.labels_csv, "dataset.labels_csv")
@@ -309,4 +269,4 @@ class ImageFolderData(ImageClassificationData):
                 order = torch.tensor([i for i, _ in known], dtype=torch.long)
                 targets[order] = torch.tensor([label for _, label in known], dtype=torch.long)
                 self.known_order = order
-        return images, targets, self.classes
+        return SplitFiles(self.root, paths, targets)

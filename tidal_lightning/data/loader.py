@@ -1,4 +1,4 @@
-"""Index-batch loader over in-memory tensors: one gather per batch, not one call per sample."""
+"""Index-batch loaders: one gather per batch, not one call per sample."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from tidal_lightning import distributed
 from tidal_lightning.errors import ConfigError
 
 
-class TensorBatchLoader:
-    """Yields `(images, targets, indices)` batches of a subset of an in-memory split.
+class IndexBatchLoader:
+    """The batches of dataset indices one epoch visits: shuffling, DDP shards, batch bounds.
 
-    A DataLoader over a `TensorDataset` would call `__getitem__` and `collate` once per
-    sample; this gathers a whole batch with one indexing op, on whatever device the
-    tensors live on.
+    Subclasses turn each index batch into `(images, targets, indices)`:
+    `TensorBatchLoader` from tensors in memory, `StreamingBatchLoader` from a cache on disk.
+    Both visit the same indices in the same order for the same generator.
 
     Under DDP (a process group of W > 1 processes) every rank draws the same epoch
     permutation from its identically seeded `generator` and keeps its strided shard, as
@@ -26,8 +26,6 @@ class TensorBatchLoader:
     shard gives, the longer shards' extra sample joining their last batch.
 
     Args:
-        images: `[N, C, H, W]` uint8, the whole split (CPU or the device).
-        targets: `[N]` int64, on the images' device.
         indices: `[M]` int64 dataset indices of the subset to iterate.
         batch_size: samples per batch; the last batch may be smaller, but never a single
             sample (BatchNorm cannot train on one): that one joins the batch before it, so
@@ -41,8 +39,6 @@ class TensorBatchLoader:
 
     def __init__(
         self,
-        images: Tensor,
-        targets: Tensor,
         indices: Tensor,
         batch_size: int,
         shuffle: bool = False,
@@ -53,8 +49,6 @@ class TensorBatchLoader:
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling loader needs an explicit generator")
-        self.images = images
-        self.targets = targets
         self.indices = indices.to(torch.long).cpu()
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -84,16 +78,63 @@ class TensorBatchLoader:
         # the shortest shard sets the count, so that every rank agrees on it
         return len(self._starts(len(self.indices) // replicas))
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def epoch_order(self) -> tuple[Tensor, list[tuple[int, int]]]:
+        """This epoch's (and rank's) `[M_r]` CPU indices and the `(start, end)` of each batch.
+
+        Draws the epoch's permutation from `generator` when shuffling: call once per epoch.
+        """
         replicas, replica = self._replicas()
         order = self.indices
         if self.shuffle:
             # every rank draws (the same permutation), so generators stay in step across ranks
             order = order[torch.randperm(len(order), generator=self.generator)]
-        # non_blocking: a blocking copy from pageable memory waits for the device's queue (a
-        # sync every epoch); an async one stages the host buffer before it returns, so it is safe
-        order = order[replica::replicas].to(self.images.device, non_blocking=True)
+        order = order[replica::replicas]
         starts = self._starts(len(self.indices) // replicas)
-        for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
+        return order, list(zip(starts, [*starts[1:], len(order)], strict=True))
+
+
+class TensorBatchLoader(IndexBatchLoader):
+    """Yields `(images, targets, indices)` batches of a subset of an in-memory split.
+
+    A DataLoader over a `TensorDataset` would call `__getitem__` and `collate` once per
+    sample; this gathers a whole batch with one indexing op, on whatever device the
+    tensors live on (the yielded indices too).
+
+    Args:
+        images: `[N, C, H, W]` uint8, the whole split (CPU or the device).
+        targets: `[N]` int64, on the images' device.
+        indices, batch_size, shuffle, generator, num_replicas, replica: see `IndexBatchLoader`.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        indices: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        *,
+        num_replicas: int | None = None,
+        replica: int | None = None,
+    ) -> None:
+        super().__init__(
+            indices,
+            batch_size,
+            shuffle,
+            generator,
+            num_replicas=num_replicas,
+            replica=replica,
+        )
+        self.images = images
+        self.targets = targets
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        order, bounds = self.epoch_order()
+        # one copy per epoch, then slices of it; non_blocking: a blocking copy from pageable
+        # memory waits for the device's queue (a sync every epoch); an async one stages the
+        # host buffer before it returns, so it is safe
+        order = order.to(self.images.device, non_blocking=True)
+        for start, end in bounds:
             batch = order[start:end]
             yield self.images[batch], self.targets[batch], batch

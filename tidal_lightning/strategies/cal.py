@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from tidal_lightning.strategies import scores
@@ -30,8 +31,14 @@ def contrastive_scores(
         `[N]` scores: high when the model predicts differently for a sample than for the
         labeled samples that look like it.
     """
-    near = nearest_neighbours(embeddings, labeled_embeddings, neighbours, chunk_size)  # [N, k]
-    return scores.kl_divergence(labeled_probs[near], probs[:, None, :]).mean(dim=1)
+    out = torch.empty(len(embeddings), device=embeddings.device)
+    # chunk by chunk: the neighbours' softmax, `[chunk, k, K]`, would be `[N, k, K]` at once
+    # (a 100k pool of 8,142 classes: 32 GB)
+    for first in range(0, len(embeddings), chunk_size):
+        rows = slice(first, first + chunk_size)
+        near = nearest_neighbours(embeddings[rows], labeled_embeddings, neighbours, chunk_size)
+        out[rows] = scores.kl_divergence(labeled_probs[near], probs[rows, None, :]).mean(dim=1)
+    return out
 
 
 class CAL(Strategy):
@@ -40,7 +47,7 @@ class CAL(Strategy):
 
     Args:
         neighbours: k nearest labeled samples (10 in the paper).
-        chunk_size: pool samples per distance block; memory is O(chunk_size · L).
+        chunk_size: pool samples per block; memory is O(chunk_size · (L + k · K)).
     """
 
     needs: ClassVar[frozenset[str]] = frozenset(

@@ -14,14 +14,33 @@ from torch import Tensor
 def min_sq_distances(points: Tensor, centers: Tensor, chunk_size: int = 1024) -> Tensor:
     """Squared Euclidean distance from each point to its nearest center, `[N, D], [M, D] -> [N]`.
 
-    Centers are processed `chunk_size` at a time, so the largest temporary is `[N, chunk]`.
+    Points and centers are processed `chunk_size` at a time, so the largest temporary is
+    `[chunk, chunk]` whatever N and M are (a 1M pool against 100k labeled centers too).
     With no centers every distance is +inf.
     """
     nearest = torch.full((len(points),), float("inf"), device=points.device)
-    for start in range(0, len(centers), chunk_size):
-        block = torch.cdist(points, centers[start : start + chunk_size]).square()
-        nearest = torch.minimum(nearest, block.min(dim=1).values)
+    for first in range(0, len(points), chunk_size):
+        part = points[first : first + chunk_size]
+        for start in range(0, len(centers), chunk_size):
+            block = torch.cdist(part, centers[start : start + chunk_size]).square()
+            nearest[first : first + chunk_size] = torch.minimum(
+                nearest[first : first + chunk_size], block.min(dim=1).values
+            )
     return nearest
+
+
+# Rows per block of a point-to-one-point distance pass: its temporaries stay ~16 MB of float32
+# at D = 512 (the whole `[N, D]` difference of a 1M pool would be 2 GB).
+_ROWS_PER_BLOCK = 8192
+
+
+def sq_distances_to(points: Tensor, point: Tensor) -> Tensor:
+    """`||points_i - point||²` for every row, `[N, D], [D] -> [N]`, in row blocks (bounded)."""
+    out = torch.empty(len(points), device=points.device, dtype=points.dtype)
+    for first in range(0, len(points), _ROWS_PER_BLOCK):
+        block = points[first : first + _ROWS_PER_BLOCK]
+        out[first : first + _ROWS_PER_BLOCK] = (block - point).square().sum(dim=1)
+    return out
 
 
 def kcenter_greedy(points: Tensor, centers: Tensor, budget: int, chunk_size: int = 1024) -> Tensor:
@@ -31,7 +50,7 @@ def kcenter_greedy(points: Tensor, centers: Tensor, budget: int, chunk_size: int
         points: `[N, D]` candidate embeddings.
         centers: `[M, D]` embeddings that are already centers (the labeled set).
         budget: how many points to pick (<= N).
-        chunk_size: centers per distance block.
+        chunk_size: points and centers per distance block; memory is O(N + chunk²).
 
     Returns:
         `[budget]` positions into `points`, in the order they were picked (on `points.device`).
@@ -44,7 +63,7 @@ def kcenter_greedy(points: Tensor, centers: Tensor, budget: int, chunk_size: int
         # so no point is picked twice while others remain at a positive distance.
         choice = nearest.argmax()
         picked[step] = choice
-        new = (points - points[choice]).square().sum(dim=1)
+        new = sq_distances_to(points, points[choice])
         nearest = torch.minimum(nearest, new)
         nearest[choice] = -1.0  # below any distance, even when every distance is 0
     return picked
