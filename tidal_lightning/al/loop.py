@@ -43,6 +43,7 @@ from tidal_lightning.callbacks.pool_dynamics import IndexedImages, PoolDynamicsR
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.checkpoints import checkpoint_path, make_checkpoint, save_checkpoint
 from tidal_lightning.config_checks import validate_config, validate_pool_sizes
+from tidal_lightning.data.cache import StaleCacheError
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.data.longtail import long_tail_indices
 from tidal_lightning.errors import ConfigError, TidalError
@@ -196,7 +197,14 @@ def _open_data(
 ) -> Run:
     """The checks that need the data, and the run's pool and state, in memory only."""
     datamodule: ImageClassificationData = instantiate(cfg.dataset)
-    datamodule.load()
+    try:
+        datamodule.load()
+    except StaleCacheError:
+        if state is not None:
+            # the run's own pinned file list names the change, and that the run cannot go on
+            # (rebuilding the cache, as the cache's message suggests, would not help it)
+            labeling.check_files(state, datamodule)
+        raise
     strategy = build_strategy(cfg.strategy)
     oracle: Oracle = instantiate(cfg.oracle) if cfg.get("oracle") else SimulatedOracle()
     problems = [
