@@ -95,6 +95,7 @@ def query_bench(
                 seconds, peak_mb = measure(run)
                 row = {"strategy": name, "pool": size, "dim": dim, "seconds": seconds}
                 row["peak_mb"] = peak_mb
+                row["load_average"] = os.getloadavg()[0]
                 rows.append(row)
                 print(
                     f"{name:>10}  pool {size:>6}  D {dim:>3}  {seconds:8.1f} s  "
@@ -147,6 +148,7 @@ def simclr_bench(epochs: int, root: str, cache_dir: str) -> dict[str, Any]:
     random_encoder = simclr.build_encoder(settings, data.in_channels, seed=1).eval()
     results = {
         "epochs": epochs,
+        "threads": torch.get_num_threads(),
         "train_seconds": train_seconds,
         "load_average": os.getloadavg(),
         "knn20_simclr": knn_accuracy(
@@ -183,7 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="data")
     parser.add_argument("--cache-dir", default="data/feature_cache")
     parser.add_argument("--out", default="bench_coverage.json")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        # on a shared, oversubscribed CPU one thread avoids the pool's spin-waits
+        torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     torch.set_grad_enabled(args.section == "simclr")
     if args.section == "query":
         result: Any = query_bench(args.sizes, args.dims, args.labeled, args.budget)
