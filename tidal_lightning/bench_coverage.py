@@ -6,8 +6,9 @@
 `query`: synthetic L2-normalised features (a mixture of 50 Gaussian clusters, so k-means,
 the purity rule and the kernels meet structure), pool sizes 10k and 100k, D = 128 (the
 CPU recipe's small CNN) and 512 (ResNet-18), 1000 labeled, a budget of 1000. Peak memory
-is the process's resident-set high-water mark during the selection minus its size before
-(`/proc/self/clear_refs` resets the mark), so it counts torch's CPU allocations too.
+is the resident-set high-water mark during the selection minus the size before it
+(`/proc/self/clear_refs` resets the mark), each selection in a fresh process, so it counts
+torch's CPU allocations too and no earlier selection's freed memory hides them.
 
 `simclr`: trains the encoder of `features.simclr` (small CNN, width 16) on the 60k training
 images, then compares 20-NN accuracy on the 10k test images (cosine, majority vote, the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -81,25 +83,43 @@ def selections(
     }
 
 
+def _one_query(
+    name: str, size: int, dim: int, labeled: int, budget: int, threads: int, out: Any
+) -> None:
+    """Child process: features, then one timed selection; sends (seconds, peak MB) to `out`."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    generator = torch.Generator().manual_seed(0)
+    points = mixture(size + labeled, dim, generator)
+    cases = selections(points[:size], points[size:], budget, torch.rand(size, generator=generator))
+    out.put(measure(cases[name]))
+
+
 def query_bench(
-    sizes: list[int], dims: list[int], labeled: int, budget: int
+    sizes: list[int], dims: list[int], labeled: int, budget: int, threads: int
 ) -> list[dict[str, Any]]:
+    """Each selection in a fresh process, so its memory peak is its own (not the allocator's
+    leftovers from the selection before)."""
+    context = multiprocessing.get_context("spawn")
     rows = []
     for dim in dims:
         for size in sizes:
-            generator = torch.Generator().manual_seed(0)
-            points = mixture(size + labeled, dim, generator)
-            pool, known = points[:size], points[size:]
-            cases = selections(pool, known, budget, torch.rand(size, generator=generator))
-            for name, run in cases.items():
-                seconds, peak_mb = measure(run)
+            for name in ("typiclust", "probcover", "maxherding", "uherding"):
+                results = context.Queue()
+                child = context.Process(
+                    target=_one_query, args=(name, size, dim, labeled, budget, threads, results)
+                )
+                child.start()
+                seconds, peak_mb = results.get()
+                child.join()
                 row = {"strategy": name, "pool": size, "dim": dim, "seconds": seconds}
                 row["peak_mb"] = peak_mb
                 row["load_average"] = os.getloadavg()[0]
                 rows.append(row)
                 print(
                     f"{name:>10}  pool {size:>6}  D {dim:>3}  {seconds:8.1f} s  "
-                    f"peak +{peak_mb:7.0f} MB",
+                    f"peak +{peak_mb:7.0f} MB  (load {row['load_average']:.1f})",
                     flush=True,
                 )
     return rows
@@ -193,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     torch.set_grad_enabled(args.section == "simclr")
     if args.section == "query":
-        result: Any = query_bench(args.sizes, args.dims, args.labeled, args.budget)
+        result: Any = query_bench(args.sizes, args.dims, args.labeled, args.budget, args.threads)
         for name in ("typiclust", "probcover", "maxherding", "uherding"):
             times = [r["seconds"] for r in result if r["strategy"] == name]
             print(f"{name}: median {statistics.median(times):.1f} s over {len(times)} settings")
