@@ -13,16 +13,10 @@ from tidal_lightning.strategies.geometry import (
     kmeans,
     knn_mean_distance,
     nearest_other_label_distance,
-    radius_graph,
     sq_distances,
 )
 from tidal_lightning.strategies.maxherding import MaxHerding, herding_gains, herding_select
-from tidal_lightning.strategies.probcover import (
-    ProbCover,
-    max_coverage_greedy,
-    probcover_select,
-    purity_radius,
-)
+from tidal_lightning.strategies.probcover import ProbCover, probcover_select, purity_radius
 from tidal_lightning.strategies.typiclust import TypiClust, typicality, typiclust_select
 from tidal_lightning.strategies.uherding import UHerding, min_pairwise_distance, uncertainty
 
@@ -132,60 +126,57 @@ def test_typiclust_strategy_reads_model_embeddings_and_is_deterministic() -> Non
 # ------------------------------------------------------------------------------ ProbCover
 def reference_greedy(
     out: dict[int, set[int]], covered: set[int], candidates: list[int], budget: int
-) -> list[int]:
+) -> list[tuple[int, int]]:
+    """Greedy max coverage on an explicit graph: (pick, its new coverage) per step."""
     covered = set(covered)
-    picks: list[int] = []
+    steps: list[tuple[int, int]] = []
     for _ in range(budget):
-        best = max(candidates, key=lambda c: (len(out[c] - covered) if c not in picks else -1, -c))
-        picks.append(best)
-        covered |= out[best]
-    return picks
-
-
-def test_max_coverage_greedy_matches_a_set_based_reference_and_the_optimum() -> None:
-    generator = gen(9)
-    for trial in range(5):
-        points = torch.rand(10, 2, generator=generator) * 3
-        sources, targets = radius_graph(points, 0.9, chunk_size=3)
-        out = {i: set() for i in range(10)}
-        for s, t in zip(sources.tolist(), targets.tolist(), strict=True):
-            out[s].add(t)
-        # the edge list is the definition: x -> y iff |x - y| < 0.9
-        for i, j in itertools.product(range(10), repeat=2):
-            assert (j in out[i]) == (float((points[i] - points[j]).norm()) < 0.9)
-        labeled = [0, 1]
-        candidates = torch.zeros(10, dtype=torch.bool)
-        candidates[2:] = True
-        picked, covered = max_coverage_greedy(
-            sources, targets, 10, torch.tensor(labeled), candidates, 3, gen(trial)
-        )
-        start = out[0] | out[1]
-        assert picked.tolist() == reference_greedy(out, start, list(range(2, 10)), 3)
-        greedy_cover = start.union(*(out[p] for p in picked.tolist()))
-        assert set(torch.nonzero(covered).flatten().tolist()) == greedy_cover
+        taken = [c for c, _ in steps]
         best = max(
-            len(start.union(*(out[c] for c in combo)))
-            for combo in itertools.combinations(range(2, 10), 3)
+            (c for c in candidates if c not in taken), key=lambda c: (len(out[c] - covered), -c)
         )
-        # greedy is within (1 - 1/e) of the best 3 balls (Nemhauser et al.)
-        assert len(greedy_cover) >= (1 - 1 / math.e) * best
+        steps.append((best, len(out[best] - covered)))
+        covered |= out[best]
+    return steps
 
 
-def test_max_coverage_greedy_is_optimal_on_a_graph_built_for_it() -> None:
-    # three disjoint groups on a line, ball radius 1.5: one pick per group covers it all,
-    # and the brute-force optimum of 3 picks covers all 9 points
+def test_probcover_greedy_matches_greedy_on_the_explicit_delta_graph() -> None:
+    generator = gen(9)
+    for trial in range(6):
+        points = torch.rand(12, 2, generator=generator) * 3
+        delta = 0.9
+        # the δ-graph by its definition: x -> y iff |x - y| < δ (self-loops included)
+        out = {
+            i: {j for j in range(12) if float((points[i] - points[j]).norm()) < delta}
+            for i in range(12)
+        }
+        labeled, pool = points[:2], points[2:]
+        picked, info = probcover_select(pool, labeled, 4, gen(trial), 3, delta=delta)
+        steps = reference_greedy(out, out[0] | out[1], list(range(2, 12)), 4)
+        useful = [c - 2 for c, gain in steps if gain > 0]  # after full coverage: random draws
+        assert picked.tolist()[: len(useful)] == useful
+        assert len(set(picked.tolist())) == 4
+        covered = out[0] | out[1]
+        assert info["probcover_coverage_before"] == pytest.approx(len(covered) / 12)
+        final = covered.union(*(out[c + 2] for c in picked.tolist()))
+        assert info["probcover_coverage_after"] == pytest.approx(len(final) / 12)
+        best = max(
+            len(covered.union(*(out[c] for c in combo)))
+            for combo in itertools.combinations(range(2, 12), 4)
+        )
+        # greedy is within (1 - 1/e) of the best 4 balls (Nemhauser et al.)
+        assert len(final) >= (1 - 1 / math.e) * best
+
+
+def test_probcover_greedy_is_optimal_on_a_graph_built_for_it() -> None:
+    # three groups on a line, ball radius 1.5: the middle of each group covers it (3 points
+    # per ball, ties to the lowest position), and the brute-force optimum of 3 balls is all 9
     points = torch.tensor([[x, 0.0] for x in (0, 1, 2, 10, 11, 12, 20, 21, 22)])
-    sources, targets = radius_graph(points, 1.5)
-    candidates = torch.ones(9, dtype=torch.bool)
-    picked, covered = max_coverage_greedy(
-        sources, targets, 9, torch.tensor([], dtype=torch.long), candidates, 3, gen(0)
-    )
-    assert picked.tolist() == [1, 4, 7]  # the middles (degree 3; ties to the lowest node)
-    assert bool(covered.all())
-    # a fourth pick covers nothing new: drawn uniformly from the rest, not a repeat
-    picked, _ = max_coverage_greedy(
-        sources, targets, 9, torch.tensor([], dtype=torch.long), candidates, 5, gen(0)
-    )
+    picked, info = probcover_select(points, points[:0], 3, gen(0), 3, delta=1.5)
+    assert picked.tolist() == [1, 4, 7]
+    assert info["probcover_coverage_before"] == 0 and info["probcover_coverage_after"] == 1
+    # a fourth pick covers nothing new: drawn uniformly from the rest, never a repeat
+    picked, _ = probcover_select(points, points[:0], 5, gen(0), 3, delta=1.5)
     assert picked.tolist()[:3] == [1, 4, 7] and len(set(picked.tolist())) == 5
 
 

@@ -229,21 +229,3 @@ def nearest_other_label_distance(points: Tensor, labels: Tensor, chunk_size: int
         same = labels[start : start + chunk_size, None] == labels[None, :]
         blocks.append(distances.masked_fill(same, float("inf")).min(dim=1).values)
     return torch.cat(blocks)
-
-
-def radius_graph(points: Tensor, radius: float, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Directed edges `x -> y` for every pair with `‖x − y‖ < radius` (self-loops included).
-
-    Built `chunk_size` source rows at a time, so the dense temporary is `[chunk, N]`; the
-    result is a sparse edge list sorted by source, then target.
-
-    Returns:
-        `([E] sources, [E] targets)`, int64 positions into `points`.
-    """
-    sources, targets = [], []
-    for start in range(0, len(points), chunk_size):
-        close = torch.cdist(points[start : start + chunk_size], points) < radius
-        rows, cols = close.nonzero(as_tuple=True)
-        sources.append(rows + start)
-        targets.append(cols)
-    return torch.cat(sources), torch.cat(targets)

@@ -14,9 +14,20 @@ from tidal_lightning.strategies.coverage import CoverageStrategy
 from tidal_lightning.strategies.geometry import min_sq_distances, sq_distances
 
 
-def gaussian_kernel(points: Tensor, centers: Tensor, bandwidth: float) -> Tensor:
-    """`k(x, c) = exp(−‖x − c‖² / h²)`, `[P, D], [T, D] -> [P, T]` (the authors' RBF)."""
-    return torch.exp(-sq_distances(points, centers) / bandwidth**2)
+def kernel_of(sq: Tensor, bandwidth: float, kernel: str = "gaussian") -> Tensor:
+    """Kernel values from squared distances: `gaussian` `exp(−‖x − c‖² / h²)` (the authors'
+    RBF) or `tophat` `1[‖x − c‖ < h]` (ProbCover's δ-ball: herding with it is ProbCover's
+    greedy maximum coverage, the MaxHerding paper's special case)."""
+    if kernel == "tophat":
+        return (sq < bandwidth**2).to(sq.dtype)
+    return torch.exp(-sq / bandwidth**2)
+
+
+def kernel_matrix(
+    points: Tensor, centers: Tensor, bandwidth: float, kernel: str = "gaussian"
+) -> Tensor:
+    """`[P, D], [T, D] -> [P, T]` kernel values (see `kernel_of`)."""
+    return kernel_of(sq_distances(points, centers), bandwidth, kernel)
 
 
 def herding_gains(
@@ -26,6 +37,7 @@ def herding_gains(
     candidates: Tensor,
     bandwidth: float,
     chunk_size: int = 1024,
+    kernel: str = "gaussian",
 ) -> Tensor:
     """Coverage each candidate would add, `[T]`: `Σ_i w_i · max(k(x_i, c) − m_i, 0)`.
 
@@ -42,8 +54,8 @@ def herding_gains(
         block = candidates[c_start : c_start + chunk_size]
         total = torch.zeros(len(block), device=points.device, dtype=points.dtype)
         for p_start in range(0, len(points), chunk_size):
-            kernel = gaussian_kernel(points[p_start : p_start + chunk_size], block, bandwidth)
-            gain = (kernel - covered[p_start : p_start + chunk_size, None]).clamp(min=0)
+            values = kernel_matrix(points[p_start : p_start + chunk_size], block, bandwidth, kernel)
+            gain = (values - covered[p_start : p_start + chunk_size, None]).clamp(min=0)
             total += weights[p_start : p_start + chunk_size] @ gain
         gains[c_start : c_start + len(block)] = total
     return gains
@@ -56,6 +68,8 @@ def herding_select(
     bandwidth: float,
     weights: Tensor | None = None,
     chunk_size: int = 1024,
+    kernel: str = "gaussian",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Greedy kernel-herding coverage: each pick maximises `Σ_i w_i max_{s∈S} k(x_i, s)`.
 
@@ -68,13 +82,18 @@ def herding_select(
     blocks for the first gains, `[chunk, N]` for the updates.
 
     The sum runs over the pool points (the labeled ones have m_i = 1 and add nothing), as
-    in the authors' code up to a constant factor. Ties go to the lowest position.
+    in the authors' code up to a constant factor. Ties go to the lowest position. When no
+    candidate adds anything (all covered: possible with the tophat kernel), the remaining
+    picks are drawn uniformly from the open candidates with `generator`.
 
     Args:
         pool_features: `[N, D]` points and candidates; `labeled_features` `[L, D]`.
         budget: B (<= N).
-        bandwidth: h of the Gaussian kernel.
+        bandwidth: h of the kernel (δ for `tophat`).
         weights: `[N]` non-negative weights (None: ones, MaxHerding).
+        kernel: `gaussian` or `tophat` (see `kernel_of`).
+        generator: on the features' device, for the draws after full coverage (None: the
+            lowest open position instead).
 
     Returns:
         `[B]` positions into `pool_features`, in pick order (on the CPU).
@@ -85,9 +104,9 @@ def herding_select(
         weights = torch.ones(num_pool, device=device)
     weights = weights.to(device=device, dtype=pool_features.dtype)
     distances = min_sq_distances(pool_features, labeled_features, chunk_size)
-    covered = torch.exp(-distances / bandwidth**2).to(pool_features.dtype)
+    covered = kernel_of(distances, bandwidth, kernel).to(pool_features.dtype)
     gains = herding_gains(
-        pool_features, weights, covered, pool_features, bandwidth, chunk_size
+        pool_features, weights, covered, pool_features, bandwidth, chunk_size, kernel
     ).double()
     sq_norms = pool_features.square().sum(dim=1)
 
@@ -95,12 +114,17 @@ def herding_select(
         """`[R, N]` kernel values between the points at `rows` and every pool point."""
         inner = pool_features[rows] @ pool_features.T
         sq = (sq_norms[rows, None] + sq_norms[None, :] - 2.0 * inner).clamp(min=0.0)
-        return torch.exp(-sq / bandwidth**2)
+        return kernel_of(sq, bandwidth, kernel)
 
     open_ = torch.ones(num_pool, dtype=torch.bool, device=device)
     picked = []
     for _ in range(budget):
-        choice = int(torch.where(open_, gains, -torch.inf).argmax())  # first maximum
+        best = torch.where(open_, gains, -torch.inf)
+        choice = int(best.argmax())  # the first maximum
+        if generator is not None and not bool(best[choice] > 0):
+            left = torch.nonzero(open_).flatten()
+            draw = torch.randint(len(left), (1,), device=left.device, generator=generator)
+            choice = int(left[draw])
         picked.append(choice)
         open_[choice] = False
         reach = kernel_rows(torch.tensor([choice], device=device))[0]
@@ -108,9 +132,9 @@ def herding_select(
         # `[chunk, N]` blocks: the rows of the cell against every candidate at once
         for start in range(0, len(cell), chunk_size):
             rows = cell[start : start + chunk_size]
-            kernel = kernel_rows(rows)
+            values = kernel_rows(rows)
             old, new = covered[rows, None], reach[rows, None]
-            lost = (kernel - old).clamp(min=0) - (kernel - new).clamp(min=0)
+            lost = (values - old).clamp(min=0) - (values - new).clamp(min=0)
             gains -= (weights[rows] @ lost).double()
         covered[cell] = reach[cell]
     return torch.tensor(picked, dtype=torch.long)
