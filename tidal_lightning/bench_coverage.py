@@ -37,6 +37,8 @@ from tidal_lightning.strategies.probcover import probcover_select
 from tidal_lightning.strategies.typiclust import typiclust_select
 from tidal_lightning.strategies.uherding import min_pairwise_distance
 
+STRATEGIES = ("typiclust", "probcover", "maxherding", "uherding")
+
 
 def _rss_kb(field: str) -> int:
     with open("/proc/self/status") as status:
@@ -97,7 +99,12 @@ def _one_query(
 
 
 def query_bench(
-    sizes: list[int], dims: list[int], labeled: int, budget: int, threads: int
+    sizes: list[int],
+    dims: list[int],
+    labeled: int,
+    budget: int,
+    threads: int,
+    strategies: list[str],
 ) -> list[dict[str, Any]]:
     """Each selection in a fresh process, so its memory peak is its own (not the allocator's
     leftovers from the selection before)."""
@@ -105,7 +112,7 @@ def query_bench(
     rows = []
     for dim in dims:
         for size in sizes:
-            for name in ("typiclust", "probcover", "maxherding", "uherding"):
+            for name in strategies:
                 results = context.Queue()
                 child = context.Process(
                     target=_one_query, args=(name, size, dim, labeled, budget, threads, results)
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("section", choices=["query", "simclr"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--labeled", type=int, default=1000)
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=3)
@@ -213,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     torch.set_grad_enabled(args.section == "simclr")
     if args.section == "query":
-        result: Any = query_bench(args.sizes, args.dims, args.labeled, args.budget, args.threads)
-        for name in ("typiclust", "probcover", "maxherding", "uherding"):
+        result: Any = query_bench(
+            args.sizes, args.dims, args.labeled, args.budget, args.threads, args.strategies
+        )
+        for name in args.strategies:
             times = [r["seconds"] for r in result if r["strategy"] == name]
             print(f"{name}: median {statistics.median(times):.1f} s over {len(times)} settings")
     else:
