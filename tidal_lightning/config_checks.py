@@ -7,8 +7,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from tidal_lightning.errors import ConfigError
+from tidal_lightning.features.cold_start import FEATURE_INITIAL_MODES
+from tidal_lightning.features.settings import MODEL_FREE_SOURCES, FeatureSettings
 
-INITIAL_MODES = ("random", "one_per_class", "class_balanced")
+INITIAL_MODES = ("random", "one_per_class", "class_balanced", *FEATURE_INITIAL_MODES)
 CHECKPOINT_CHOICES = ("all", "last", "none")
 
 
@@ -41,6 +43,8 @@ def validate_config(cfg: DictConfig, multirun: bool | None = None) -> None:
         problems.append(
             f"al.initial_mode={al.get('initial_mode')!r}: must be one of {INITIAL_MODES}"
         )
+    elif al.get("initial_mode") in FEATURE_INITIAL_MODES:
+        problems += _cold_start_problems(cfg)
     if al.get("checkpoints", "all") not in CHECKPOINT_CHOICES:
         problems.append(
             f"al.checkpoints={al.get('checkpoints')!r}: must be one of {CHECKPOINT_CHOICES}"
@@ -84,6 +88,30 @@ def data_root_problems(cfg: DictConfig) -> list[str]:
         f"or create it first (mkdir -p {root}) to download into it; the default data folder "
         f"(paths.data_dir={default}) is created when missing"
     ]
+
+
+def _cold_start_problems(cfg: DictConfig) -> list[str]:
+    """A feature-based initial mode needs a model-free source and sound `features` settings."""
+    source = cfg.al.get("initial_features", "simclr")
+    mode = cfg.al.initial_mode
+    if source not in MODEL_FREE_SOURCES:
+        return [
+            f"al.initial_features={source!r}: al.initial_mode={mode} picks before any model is "
+            f"trained, so the features must come from one of {MODEL_FREE_SOURCES}"
+        ]
+    try:
+        settings = FeatureSettings.from_config(cfg.get("features"))
+    except ConfigError as bad:
+        return [str(bad)]
+    problems = settings.problems(source, "al.initial_features")
+    if source == "timm" and not problems:
+        from tidal_lightning.features.timm_source import timm_model
+
+        try:
+            timm_model(settings.timm)
+        except ConfigError as refused:
+            problems.append(str(refused))
+    return problems
 
 
 def validate_pool_sizes(cfg: DictConfig, pool_size: int) -> None:

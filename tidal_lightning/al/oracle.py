@@ -29,6 +29,11 @@ from tidal_lightning.al.pool import draw_initial
 from tidal_lightning.al.records import atomic_write_text, csv_text
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.errors import TidalError
+from tidal_lightning.features.cold_start import (
+    FEATURE_INITIAL_MODES,
+    ColdStartFeatures,
+    feature_initial_set,
+)
 from tidal_lightning.strategies.base import PoolOutputs, Strategy
 
 TO_LABEL = "to_label"
@@ -122,8 +127,20 @@ class Oracle:
         size: int,
         mode: str,
         generator: torch.Generator,
+        features: ColdStartFeatures | None = None,
     ) -> Tensor:
-        """`[B0]` dataset indices of the initial labeled set, drawn as `al.initial` says."""
+        """`[B0]` dataset indices of the initial labeled set, drawn as `al.initial` says.
+
+        The feature-based modes (`typiclust`, `probcover`, `maxherding`) need `features`
+        (`ColdStartFeatures.from_config(cfg)`); the others use the labels.
+        """
+        if mode in FEATURE_INITIAL_MODES:
+            if features is None:
+                raise ValueError(
+                    f"al.initial_mode={mode} picks on features: pass "
+                    "features=ColdStartFeatures.from_config(cfg)"
+                )
+            return feature_initial_set(datamodule, pool_indices, size, mode, generator, features)
         return draw_initial(
             datamodule.train_targets, pool_indices, size, datamodule.num_classes, mode, generator
         )
@@ -190,6 +207,7 @@ class FileOracle(Oracle):
         size: int,
         mode: str,
         generator: torch.Generator,
+        features: ColdStartFeatures | None = None,
     ) -> Tensor:
         """The images `dataset.labels_csv` labels, in its order; with none, drawn as configured.
 
@@ -198,7 +216,7 @@ class FileOracle(Oracle):
         known = self._known(datamodule)
         if len(known):
             return known.clone()
-        return super().initial_set(datamodule, pool_indices, size, mode, generator)
+        return super().initial_set(datamodule, pool_indices, size, mode, generator, features)
 
     def _document_root(self, datamodule: ImageClassificationData) -> Path:
         return Path(self.document_root or datamodule.root).resolve()

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from tidal_lightning.seeding import make_generator
+from tidal_lightning.strategies.balance import class_balanced_selection
 
 if TYPE_CHECKING:
     from tidal_lightning.data.datamodules import ImageClassificationData
@@ -100,9 +101,15 @@ class Strategy:
     implement `score` (higher = more worth labeling); set-selection strategies override
     `select`.
 
+    A key of the config can change what one instance reads (a feature source, the shared
+    `class_balance`): such an instance sets its own `needs` with `_declare_needs`, which
+    shadows the class's declaration for that instance only.
+
     Attributes:
         mc_samples: dropout masks per pool sample for the `mc_*` outputs.
         record_every: the per-epoch recorder runs every this many epochs.
+        class_balance: spread a score-based strategy's picks over the predicted classes,
+            rarest labeled classes first (`strategies/balance.py`); a shared key.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"probs"})
@@ -111,6 +118,18 @@ class Strategy:
     # The initial set is the whole training pool and the run trains once (the full-data
     # reference); `al.initial` and `al.budget` are then unused.
     labels_everything: ClassVar[bool] = False
+    class_balance: bool = False
+
+    def _declare_needs(self, needs: frozenset[str]) -> None:
+        """This instance reads `needs` (names in `KNOWN_OUTPUTS`), whatever its class declares."""
+        # An instance attribute shadows the ClassVar; mypy forbids assigning a ClassVar
+        # through `self`, hence the instance dict.
+        self.__dict__["needs"] = frozenset(needs)
+
+    @property
+    def selects_sets(self) -> bool:
+        """Whether this strategy picks a set (overrides `select`) rather than ranking scores."""
+        return type(self).select is not Strategy.select
 
     @property
     def requires_td_module(self) -> bool:
@@ -128,7 +147,20 @@ class Strategy:
                 f"strategy.record_every={self.record_every}: must be between 1 and "
                 f"trainer.max_epochs={cfg.trainer.max_epochs}, or no epoch is recorded"
             )
+        if not isinstance(self.class_balance, bool):
+            problems.append(f"strategy.class_balance={self.class_balance!r}: must be true or false")
+        elif self.class_balance and self.selects_sets:
+            problems.append(
+                f"strategy.class_balance=true: {type(self).__name__} selects a set rather than "
+                "ranking per-sample scores, so there is no score to spread over the classes; "
+                "use it with a score-based strategy (entropy, margin, tidal_margin, ...) or "
+                "set strategy.class_balance=false"
+            )
         return problems
+
+    def query_diagnostics(self) -> dict[str, float]:
+        """Numbers the last `select` chose or measured (e.g. ProbCover's radius); {} by default."""
+        return {}
 
     def system_options(self, stage_channels: tuple[int, ...], max_epochs: int) -> dict[str, Any]:
         """Extra `ActiveLearningSystem` arguments (e.g. a head to train jointly); {} by default.
@@ -147,15 +179,24 @@ class Strategy:
         """Positions (into `pool.indices`) of the `budget` samples to label, `[budget]` int64.
 
         Ties are broken by position (a stable sort), so selection is deterministic.
-        `generator` lives on the scoring device.
+        `generator` lives on the scoring device. With `class_balance` the budget is split
+        over the classifier's predicted classes first (`balance.class_balanced_selection`):
+        the classifier's `probs`, also for TiDAL, whose TD module only scores.
         """
         scores = self.score(pool)
+        if self.class_balance:
+            probs = pool["probs"]
+            if pool.labeled_targets is None:
+                raise ValueError("class_balance needs PoolOutputs.labeled_targets")
+            known = pool.labeled_targets[pool.labeled_targets >= 0].cpu()
+            labeled_counts = torch.bincount(known, minlength=probs.shape[1])
+            return class_balanced_selection(scores, probs.argmax(dim=1), labeled_counts, budget)
         order = torch.sort(scores, descending=True, stable=True).indices
         return order[:budget].cpu()
 
 
 # Keys every strategy accepts, handled here rather than in each strategy's __init__.
-SHARED_KEYS: dict[str, Any] = {}
+SHARED_KEYS: dict[str, Any] = {"class_balance": False}
 
 
 def build_strategy(config: DictConfig) -> Strategy:
@@ -171,4 +212,7 @@ def build_strategy(config: DictConfig) -> Strategy:
     strategy: Strategy = instantiate(own)
     for key, value in shared.items():
         setattr(strategy, key, value)
+    if strategy.class_balance is True and not strategy.selects_sets:
+        # the quotas are over the classifier's predicted classes
+        strategy._declare_needs(strategy.needs | {"probs"})
     return strategy

@@ -11,6 +11,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def sq_distances(points: Tensor, centers: Tensor) -> Tensor:
+    """Squared Euclidean distances `[P, D], [T, D] -> [P, T]`, as one matrix product.
+
+    `‖x‖² + ‖c‖² − 2 x·c`, clamped at 0 against rounding: cheaper than `torch.cdist`, whose
+    per-call overhead dominates for the thin blocks of a greedy selection.
+    """
+    inner = points @ centers.T
+    return (
+        points.square().sum(dim=1, keepdim=True) + centers.square().sum(dim=1) - 2.0 * inner
+    ).clamp(min=0.0)
+
+
 def min_sq_distances(points: Tensor, centers: Tensor, chunk_size: int = 1024) -> Tensor:
     """Squared Euclidean distance from each point to its nearest center, `[N, D], [M, D] -> [N]`.
 
@@ -149,4 +161,90 @@ def nearest_neighbours(
     for start in range(0, len(queries), chunk_size):
         distances = torch.cdist(queries[start : start + chunk_size], references)
         blocks.append(distances.topk(k, dim=1, largest=False).indices)
+    return torch.cat(blocks)
+
+
+def kmeans(
+    points: Tensor,
+    num_clusters: int,
+    generator: torch.Generator,
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    chunk_size: int = 4096,
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means with k-means++ seeding, `[N, D] -> ([N] cluster ids, [K, D] centers)`.
+
+    Seeding draws the first center uniformly and each next one with probability
+    proportional to the squared distance to the nearest chosen center (Arthur &
+    Vassilvitskii 2007), all with `generator`, so the result depends on nothing else.
+    Points are assigned `chunk_size` at a time: memory O(chunk · K), never O(N²). An empty
+    cluster keeps its previous center. Stops after `max_iter` rounds or when no center moves
+    by more than `tol` (relative to the data's scale).
+
+    Args:
+        points: `[N, D]` float.
+        num_clusters: K (<= N).
+        generator: on `points.device`.
+    """
+    num_points = len(points)
+    first = torch.randint(num_points, (1,), device=points.device, generator=generator)
+    centers = torch.empty(num_clusters, points.shape[1], dtype=points.dtype, device=points.device)
+    centers[0] = points[first[0]]
+    nearest = (points - centers[0]).square().sum(dim=1)
+    for k in range(1, num_clusters):
+        # all points on chosen centers: D² sampling is undefined, draw uniformly instead
+        weights = torch.where(nearest.sum() > 0, nearest, torch.ones_like(nearest))
+        choice = torch.multinomial(weights, 1, generator=generator)[0]
+        centers[k] = points[choice]
+        nearest = torch.minimum(nearest, (points - centers[k]).square().sum(dim=1))
+    scale = points.square().sum(dim=1).mean().clamp(min=1e-12)
+    assignments = assign_to_centers(points, centers, chunk_size)
+    for _ in range(max_iter):
+        sums = torch.zeros_like(centers).index_add_(0, assignments, points)
+        counts = torch.bincount(assignments, minlength=num_clusters)
+        moved = torch.where(
+            counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(points.dtype), centers
+        )
+        shift = (moved - centers).square().sum(dim=1).max()
+        centers = moved
+        assignments = assign_to_centers(points, centers, chunk_size)
+        if shift <= tol * scale:
+            break
+    return assignments, centers
+
+
+def assign_to_centers(points: Tensor, centers: Tensor, chunk_size: int = 4096) -> Tensor:
+    """`[N]` position of each point's nearest center (ties: the lower position), chunked."""
+    blocks = [
+        torch.cdist(points[start : start + chunk_size], centers).argmin(dim=1)
+        for start in range(0, len(points), chunk_size)
+    ]
+    return torch.cat(blocks)
+
+
+def knn_mean_distance(points: Tensor, k: int, chunk_size: int = 1024) -> Tensor:
+    """Mean Euclidean distance of each point to its `k` nearest *other* points, `[N]`.
+
+    Each point's own zero distance is dropped (one zero per row, so exact duplicates still
+    count as neighbours at distance 0). Rows are processed `chunk_size` at a time: the
+    largest temporary is `[chunk, N]`. Needs `1 <= k < N`.
+    """
+    blocks = []
+    for start in range(0, len(points), chunk_size):
+        distances = torch.cdist(points[start : start + chunk_size], points)
+        nearest = distances.topk(k + 1, dim=1, largest=False).values  # ascending
+        blocks.append(nearest[:, 1:].mean(dim=1))
+    return torch.cat(blocks)
+
+
+def nearest_other_label_distance(points: Tensor, labels: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Distance from each point to the nearest point with another label, `[N]` (inf if none).
+
+    Rows are processed `chunk_size` at a time: memory O(chunk · N).
+    """
+    blocks = []
+    for start in range(0, len(points), chunk_size):
+        distances = torch.cdist(points[start : start + chunk_size], points)
+        same = labels[start : start + chunk_size, None] == labels[None, :]
+        blocks.append(distances.masked_fill(same, float("inf")).min(dim=1).values)
     return torch.cat(blocks)
