@@ -47,6 +47,7 @@ from tidal_lightning.data.cache import StaleCacheError
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.data.longtail import long_tail_indices
 from tidal_lightning.errors import ConfigError, TidalError
+from tidal_lightning.features.cold_start import FEATURE_INITIAL_MODES, ColdStartFeatures
 from tidal_lightning.models.system import ActiveLearningSystem
 from tidal_lightning.seeding import derive_seed, make_generator
 from tidal_lightning.strategies.base import PoolOutputs, QueryContext, Strategy, build_strategy
@@ -270,11 +271,12 @@ def _unknown_label_problems(
             f"dataset.imbalance_ratio={datamodule.imbalance_ratio}: long-tail subsampling needs "
             f"every training label, and {unknown} are unknown; use dataset.imbalance_ratio=1"
         )
-    if fresh and oracle.draws_initial(datamodule) and cfg.al.initial_mode != "random":
+    label_free = ("random", *FEATURE_INITIAL_MODES)
+    if fresh and oracle.draws_initial(datamodule) and cfg.al.initial_mode not in label_free:
         problems.append(
-            f"al.initial_mode={cfg.al.initial_mode}: a class-balanced initial set needs the "
-            "labels it balances, and none are known; use al.initial_mode=random or give "
-            "dataset.labels_csv"
+            f"al.initial_mode={cfg.al.initial_mode}: this initial set is drawn by the labels, "
+            f"and none are known; use one of {label_free} (the last ones pick on features) or "
+            "give dataset.labels_csv"
         )
     return problems
 
@@ -293,6 +295,12 @@ def label_initial_set(run: Run) -> LabelRequest | None:
             len(run.pool_indices) if run.strategy.labels_everything else cfg.al.initial,
             cfg.al.initial_mode,
             make_generator(run.seed, 0, "initial"),
+            # a cold start on features (no labels needed): the encoder and its settings
+            features=(
+                ColdStartFeatures.from_config(cfg)
+                if cfg.al.initial_mode in FEATURE_INITIAL_MODES
+                else None
+            ),
         )
         run.pool.label(initial)
         state.label_rounds.append(initial)

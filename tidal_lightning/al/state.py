@@ -43,13 +43,20 @@ RESUME_IGNORED_KEYS = (
     "oracle.document_root",
     # which cycles' checkpoints are kept: files beside the run, not what it computes
     "al.checkpoints",
+    # where the feature encoders are cached (their training is keyed by what they compute)
+    "features.cache_dir",
 )
 
 # Keys added after runs were already started: a saved config without one ran as this value.
 ADDED_KEY_DEFAULTS = {
     "oracle._target_": "tidal_lightning.al.oracle.SimulatedOracle",
     "al.checkpoints": "all",
+    "strategy.class_balance": False,
+    "al.initial_features": "simclr",
 }
+# Config blocks added after runs were already started; a saved config without one ran without
+# anything that reads it (the feature encoders serve strategies that did not exist then).
+ADDED_BLOCKS = ("features",)
 
 
 @dataclass
@@ -120,10 +127,13 @@ class RunState:
         for key, default in ADDED_KEY_DEFAULTS.items():
             if not any(k == key or k.startswith(key + ".") for k in before):
                 before.setdefault(key, default)
+        missing_blocks = [b for b in ADDED_BLOCKS if not any(k.startswith(b + ".") for k in before)]
         changed = sorted(
             key
             for key in before.keys() | now.keys()
-            if before.get(key) != now.get(key) and not _ignored(key)
+            if before.get(key) != now.get(key)
+            and not _ignored(key)
+            and not any(key.startswith(b + ".") for b in missing_blocks)
         )
         if changed:
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
