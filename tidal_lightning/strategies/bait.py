@@ -44,6 +44,22 @@ def mean_fisher(probs: Tensor, embeddings: Tensor) -> Tensor:
     return total.permute(0, 2, 1, 3).reshape(size, size) / max(len(probs), 1)
 
 
+def _inverse_from_cholesky(cholesky: Tensor, columns: int = 1024) -> Tensor:
+    """`(L Lᵀ)⁻¹` from the Cholesky factor `L` `[S, S]`, `columns` identity columns at a time.
+
+    Only the result is allocated at full size (`torch.cholesky_inverse` takes the same
+    memory but, on the CPU, about ten times as long).
+    """
+    size = len(cholesky)
+    inverse = torch.empty_like(cholesky)
+    for start in range(0, size, columns):
+        stop = min(start + columns, size)
+        unit = cholesky.new_zeros(size, stop - start)
+        unit[start:stop].fill_diagonal_(1.0)
+        inverse[:, start:stop] = torch.cholesky_solve(unit, cholesky)
+    return inverse
+
+
 def _lift(embeddings: Tensor, matrix: Tensor) -> Tensor:
     """`(I_K ⊗ hᵀ) X` for each h: `[n, D], [K·D, m] -> [n, K, m]`.
 
@@ -53,6 +69,25 @@ def _lift(embeddings: Tensor, matrix: Tensor) -> Tensor:
     dim, columns = embeddings.shape[1], matrix.shape[1]
     blocks = matrix.view(num_classes, dim, columns).permute(1, 0, 2).reshape(dim, -1)
     return (embeddings @ blocks).view(len(embeddings), num_classes, columns)
+
+
+def _quadratic_forms(embeddings: Tensor, matrix: Tensor, num_classes: int) -> Tensor:
+    """`H_x X H_xᵀ` for every x, `[N, D], [K·D, K·D] -> [N, K, K]`, `H_x = I_K ⊗ h_xᵀ`.
+
+    Entry (a, b) is `h_xᵀ X[aD:(a+1)D, bD:(b+1)D] h_x`. Per block of samples, `h X` reads
+    X as `[K, D, K·D]` (a view) and is dotted with h block by block: O((K·D)²) per sample,
+    a `[K, block, K·D]` temporary of `BLOCK_ELEMENTS`.
+    """
+    dim = embeddings.shape[1]
+    size = num_classes * dim
+    rows = matrix.view(num_classes, dim, size)
+    out = embeddings.new_empty(len(embeddings), num_classes, num_classes)
+    block = max(1, BLOCK_ELEMENTS // (num_classes * size))
+    for start in range(0, len(embeddings), block):
+        h = embeddings[start : start + block]
+        lifted = (h @ rows).view(num_classes, len(h), num_classes, dim)  # [a, x, b, e]
+        out[start : start + len(h)] = torch.einsum("axbe,xe->xab", lifted, h)
+    return out
 
 
 @dataclass
@@ -105,24 +140,19 @@ class FisherState:
         else:
             matrix = torch.zeros_like(fisher)
         matrix.diagonal().add_(regularization)
-        # one [K·D, K·D] alive besides F at each point: M, then its factor, then M⁻¹
+        # three [K·D, K·D] alive at most: F, M, its factor; then F, the factor, M⁻¹
         cholesky = torch.linalg.cholesky(matrix)
         del matrix
-        inverse = torch.cholesky_inverse(cholesky)
+        inverse = _inverse_from_cholesky(cholesky)
         del cholesky
-        num_classes = probs.shape[1]
-        inner = probs.new_empty(len(probs), num_classes, num_classes)
-        outer = torch.empty_like(inner)
-        block = max(1, BLOCK_ELEMENTS // (num_classes * size))
-        for start in range(0, len(probs), block):
-            h = embeddings[start : start + block]
-            lifted = _lift(h, inverse)  # H_x M⁻¹: [n, K, K·D]
-            stop = start + len(h)
-            # H_x M⁻¹ H_xᵀ: the (a, b) entry is row a of H_x M⁻¹, block b, dotted with h
-            inner[start:stop] = torch.einsum(
-                "nabd,nd->nab", lifted.view(len(h), num_classes, num_classes, -1), h
-            )
-            outer[start:stop] = lifted @ (lifted @ fisher).transpose(1, 2)
+        # M⁻¹ F M⁻¹ by columns: F, M⁻¹ and the product are the only [K·D, K·D] alive
+        sandwich = torch.empty_like(inverse)
+        for first in range(0, size, 1024):
+            columns = slice(first, first + 1024)
+            sandwich[:, columns] = inverse @ (fisher @ inverse[:, columns])
+        inner = _quadratic_forms(embeddings, inverse, probs.shape[1])
+        outer = _quadratic_forms(embeddings, sandwich, probs.shape[1])
+        del sandwich
         scale = (budget / (num_labeled + budget)) ** 0.5
         return cls(fisher, inverse, inner, outer, scale * fisher_factor(probs), embeddings)
 
@@ -148,8 +178,9 @@ class FisherState:
         None) are updated: the pruning phase reads the picks' rows alone.
         """
         factor = self.factors[position]  # [K, K]
-        h = self.embeddings[position][None]  # [1, D]
-        lifted = _lift(h, self.inverse)[0]  # H M⁻¹: [K, K·D]
+        num_classes, dim = factor.shape[0], self.embeddings.shape[1]
+        # H M⁻¹ [K, K·D]: row a is hᵀ times rows a·D..(a+1)·D of M⁻¹ (a view: no copy)
+        lifted = self.embeddings[position] @ self.inverse.view(num_classes, dim, -1)
         u = (factor @ lifted).T  # M⁻¹ Vᵀ: [K·D, K]
         eye = torch.eye(len(factor), dtype=factor.dtype, device=factor.device)
         core = torch.linalg.inv(sign * eye + factor @ self.inner[position] @ factor.T)
@@ -190,9 +221,12 @@ def bait_select(
     Returns:
         `[budget]` positions, in the order they were added. Ties go to the lowest position.
 
-    Memory: at most three `[K·D, K·D]` matrices at once (F, M⁻¹ and, while M⁻¹ is first
-    computed, M and its Cholesky factor), `[K, K]` products per pool sample, and
-    `BLOCK_ELEMENTS`-sized blocks; never a `[K·D, K·D]` per sample.
+    Memory: at most three `[K·D, K·D]` matrices at once (F and, at the start, two of M, its
+    Cholesky factor, M⁻¹ and M⁻¹FM⁻¹; then F and M⁻¹), `[K, K]` products per pool sample,
+    and `BLOCK_ELEMENTS`-sized blocks; never a `[K·D, K·D]` per sample.
+
+    Cost: O(N·(K·D)²) at the start, then O(N·K²·D + (K·D)²·K) per forward pick and
+    O(B·K²·D + (K·D)²·K) per pruning step.
     """
     state = FisherState.start(
         probs, embeddings, labeled_probs, labeled_embeddings, budget, regularization
