@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from tests.conftest import compose_config
+from tidal_lightning import bench_query
 from tidal_lightning.al.loop import build_system
 from tidal_lightning.al.scoring import pool_pass
 from tidal_lightning.errors import ConfigError
@@ -638,3 +639,11 @@ def test_noise_is_relative_to_each_weight_and_biases_stay_clean() -> None:
             assert float(change.norm()) == pytest.approx(0.01 * float(clean[name].norm()), rel=1e-4)
         else:
             assert torch.equal(change, torch.zeros_like(change))
+
+
+# --------------------------------------------------------------------- bench_query
+@pytest.mark.parametrize("name", bench_query.STRATEGIES)
+def test_bench_query_measures_every_new_strategy(name: str) -> None:
+    row = bench_query.measure(name, 64, "small_cnn", 5, 10, threads=1)
+    assert row["strategy"] == name and row["pool"] == 64 and row["budget"] == 5
+    assert row["seconds"] >= 0 and row["peak_rss_mb"] >= row["rss_before_mb"] > 0
