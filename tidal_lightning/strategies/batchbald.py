@@ -86,7 +86,8 @@ def _label_log_likelihoods(probs: Tensor, models: Tensor, generator: torch.Gener
     # inverse CDF: a quarter of torch.multinomial's time on M rows
     uniform = torch.rand(len(models), 1, generator=generator, device=probs.device)
     cumulative = probs.cumsum(dim=1)[models]  # [M, K]
-    labels = torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
+    labels = torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
+    labels = labels.clamp(max=probs.shape[1] - 1)  # u above a cumulative sum rounded below 1
     return safe_log(probs).T[labels]
 
 
