@@ -5,8 +5,8 @@ synthetic pool outputs of the real shapes: softmax over K classes, penultimate e
 the model's width D, T MC-dropout softmaxes (the strategy's own `mc_samples`), a labeled set,
 and, for the strategies that run the model (NoiseStability), the model itself on random
 images. The child reports the query's seconds, its resident memory before the query (the
-inputs) and its peak (`ru_maxrss`); a child per measurement keeps one query's peak from
-hiding the next one's.
+inputs) and the peak during the query (Linux `VmHWM`, reset after the inputs are built); a
+child per measurement keeps one query's peak from hiding the next one's.
 
 Models: `small_cnn` (the CPU recipe's, D = 128, 1×28×28 images) and `resnet18` (D = 512,
 3×32×32 images). Results go to `bench_query.json` (or `--out`) and a table on stdout.
@@ -51,6 +51,25 @@ def current_rss_mb() -> float:
     except OSError:
         return peak_rss_mb()
     return pages * resource.getpagesize() / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the kernel's peak-RSS count (`VmHWM`, Linux >= 4.0); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_since_reset_mb() -> float:
+    """`VmHWM`: the peak RSS since `reset_peak_rss` (the process's peak where it is missing)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return peak_rss_mb()
+    line = next((row for row in status.splitlines() if row.startswith("VmHWM:")), None)
+    return int(line.split()[1]) / 2**10 if line else peak_rss_mb()
 
 
 def load_strategy(name: str) -> Strategy:
@@ -122,6 +141,8 @@ def measure(
     strategy = load_strategy(name)
     pool = synthetic_pool(strategy, size, model, num_classes, num_labeled=1000)
     gc.collect()
+    # the inputs' own temporaries are behind us: the peak from here on is the query's
+    query_peak_only = reset_peak_rss()
     before = current_rss_mb()
     started = time.perf_counter()
     picked = strategy.select(pool, budget, torch.Generator().manual_seed(0))
@@ -137,7 +158,9 @@ def measure(
         "budget": budget,
         "seconds": round(seconds, 2),
         "rss_before_mb": round(before, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_since_reset_mb(), 1),
+        "peak_since_inputs": query_peak_only,
+        "process_peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": torch.get_num_threads(),
         "load_average": [round(x, 1) for x in os.getloadavg()],
     }
