@@ -131,13 +131,9 @@ def synthetic_pool(
     return PoolOutputs(torch.arange(size), outputs, labeled_targets=targets, context=context)
 
 
-def measure(
-    name: str, size: int, model: str, budget: int, num_classes: int, threads: int = 0
-) -> dict[str, Any]:
+@torch.no_grad()
+def measure(name: str, size: int, model: str, budget: int, num_classes: int) -> dict[str, Any]:
     """One query, in this process: seconds, RSS before and peak RSS."""
-    torch.set_grad_enabled(False)
-    if threads:
-        torch.set_num_threads(threads)
     strategy = load_strategy(name)
     pool = synthetic_pool(strategy, size, model, num_classes, num_labeled=1000)
     gc.collect()
@@ -192,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
         name, size, model, budget = args.one.split(",")
-        row = measure(name, int(size), model, int(budget), args.classes, args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        row = measure(name, int(size), model, int(budget), args.classes)
         print(json.dumps(row))
         return 0
     budgets = dict(item.split("=") for item in args.budget_for.split(",") if item)

@@ -644,6 +644,7 @@ def test_noise_is_relative_to_each_weight_and_biases_stay_clean() -> None:
 # --------------------------------------------------------------------- bench_query
 @pytest.mark.parametrize("name", bench_query.STRATEGIES)
 def test_bench_query_measures_every_new_strategy(name: str) -> None:
-    row = bench_query.measure(name, 64, "small_cnn", 5, 10, threads=1)
+    row = bench_query.measure(name, 64, "small_cnn", 5, 10)
+    assert torch.is_grad_enabled()  # nothing leaks into the tests that follow
     assert row["strategy"] == name and row["pool"] == 64 and row["budget"] == 5
     assert row["seconds"] >= 0 and row["peak_rss_mb"] >= row["rss_before_mb"] > 0
