@@ -642,7 +642,14 @@ def test_noise_is_relative_to_each_weight_and_biases_stay_clean() -> None:
 
 
 # --------------------------------------------------------------------- bench_query
-@pytest.mark.parametrize("name", bench_query.STRATEGIES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        # 31 small-CNN passes over the pool: seconds on a busy CPU
+        pytest.param(name, marks=pytest.mark.slow) if name == "noise_stability" else name
+        for name in bench_query.STRATEGIES
+    ],
+)
 def test_bench_query_measures_every_new_strategy(name: str) -> None:
     row = bench_query.measure(name, 64, "small_cnn", 5, 10)
     assert torch.is_grad_enabled()  # nothing leaks into the tests that follow
