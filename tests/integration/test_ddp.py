@@ -45,7 +45,7 @@ BATCH = 2
 LABELED = [1, 2, 4, 5, 8, 11, 13, 16, 17, 20, 23]
 POOL = [0, 3, 6, 7, 9, 10, 12, 14, 15]  # 9, odd: the recorder's shards differ in size
 SCORING_NEEDS = frozenset({"probs", "td_probs", "embeddings", "labeled_probs"})
-MC_NEEDS = frozenset({"mc_mean_probs", "mc_mean_entropy"})
+MC_NEEDS = frozenset({"mc_probs", "mc_mean_probs", "mc_mean_entropy"})
 
 
 # ------------------------------------------------------------------ scripted model

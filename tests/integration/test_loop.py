@@ -106,7 +106,7 @@ def test_recording_the_pool_does_not_change_training(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["strategy=bald", "model.dropout=0"], "model.dropout=0: BALD samples dropout masks"),
+        (["strategy=bald", "strategy.dropout=0"], "strategy.dropout=0: the query-time"),
         (["strategy=bald", "strategy.mc_samples=0"], "strategy.mc_samples=0"),
         (["strategy=dispersion", "strategy.record_every=11"], "strategy.record_every=11"),
         (["strategy=lloss", "strategy.detach_fraction=2"], "strategy.detach_fraction=2"),

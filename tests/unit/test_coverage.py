@@ -29,7 +29,7 @@ def gen(seed: int = 0) -> torch.Generator:
 def test_kmeans_recovers_well_separated_clusters_and_is_seeded() -> None:
     blobs = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
     points = blobs.repeat_interleave(30, dim=0) + 0.5 * torch.randn(90, 2, generator=gen(1))
-    labels, centers = kmeans(points, 3, gen(2), chunk_size=7)
+    centers, labels = kmeans(points, 3, gen(2), chunk_size=7)
     truth = torch.arange(3).repeat_interleave(30)
     # the same partition up to renaming: every true cluster maps to one k-means cluster
     for c in range(3):
@@ -37,7 +37,7 @@ def test_kmeans_recovers_well_separated_clusters_and_is_seeded() -> None:
     assert len(labels.unique()) == 3
     for k in range(3):  # each center is the mean of its members
         torch.testing.assert_close(centers[k], points[labels == k].mean(dim=0))
-    again, _ = kmeans(points, 3, gen(2), chunk_size=90)
+    _, again = kmeans(points, 3, gen(2), chunk_size=90)
     assert torch.equal(labels, again)  # chunking and re-running change nothing
 
 
@@ -182,7 +182,7 @@ def test_probcover_greedy_is_optimal_on_a_graph_built_for_it() -> None:
 
 def test_purity_rule_is_the_largest_delta_with_enough_pure_balls() -> None:
     points = torch.tensor([[x, 0.0] for x in (0.0, 1.0, 2.0, 10.0, 10.5, 13.0)])
-    labels, _ = kmeans(points, 2, gen(0))
+    _, labels = kmeans(points, 2, gen(0))
     assert labels[:3].unique().numel() == 1 and labels[3:].unique().numel() == 1
     d = nearest_other_label_distance(points, labels)
     torch.testing.assert_close(d, torch.tensor([10.0, 9.0, 8.0, 8.0, 8.5, 11.0]))

@@ -105,7 +105,8 @@ def test_mc_dropout_is_seeded_and_only_with_dropout() -> None:
     needs = frozenset({"probs", "mc_mean_probs", "mc_mean_entropy"})
 
     def mc(seed: int, samples: int = 10) -> dict[str, Tensor]:
-        return system.predict_batch(images, needs, samples, torch.Generator().manual_seed(seed))
+        masks = system.mc_dropout_masks(samples, torch.Generator().manual_seed(seed))
+        return system.predict_batch(images, needs, masks)
 
     first, again, other = mc(0), mc(0), mc(1)
     torch.testing.assert_close(first["mc_mean_probs"], again["mc_mean_probs"])
@@ -115,15 +116,16 @@ def test_mc_dropout_is_seeded_and_only_with_dropout() -> None:
     assert not torch.allclose(
         first["mc_mean_entropy"], torch.special.entr(first["mc_mean_probs"]).sum(dim=1)
     )
-    # one sample with one mask: dropout rescales the kept units by 1/(1-p)
-    generator = torch.Generator().manual_seed(3)
+    # one sample with one mask, shared by every input: dropout rescales kept units by 1/(1-p)
     embedding, _ = backbone.embed(images)
-    keep = torch.rand(embedding.shape, generator=torch.Generator().manual_seed(3)) >= 0.5
+    keep = torch.rand(1, embedding.shape[1], generator=torch.Generator().manual_seed(3)) >= 0.5
     expected = backbone.linear(embedding * keep * 2.0).softmax(dim=1)
-    single = system.predict_batch(images, needs, 1, generator)["mc_mean_probs"]
+    single = system.predict_batch(
+        images, needs, system.mc_dropout_masks(1, torch.Generator().manual_seed(3))
+    )["mc_mean_probs"]
     torch.testing.assert_close(single, expected)
     plain = ActiveLearningSystem(
         SmallCNN(num_classes=3, in_channels=1, width=4), 3, optimizer=torch.optim.SGD
     )
-    with pytest.raises(RuntimeError, match=r"model\.dropout > 0"):
-        plain.predict_batch(images, needs, 10, torch.Generator())
+    with pytest.raises(RuntimeError, match=r"dropout probability in \(0, 1\)"):
+        plain.mc_dropout_masks(10, torch.Generator())

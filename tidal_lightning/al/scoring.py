@@ -9,7 +9,7 @@ from torch import Tensor
 from tidal_lightning import distributed
 from tidal_lightning.data.datamodules import ImageClassificationData
 from tidal_lightning.data.streaming import prefetched
-from tidal_lightning.models.system import ActiveLearningSystem
+from tidal_lightning.models.system import MC_OUTPUTS, ActiveLearningSystem
 from tidal_lightning.strategies import scores
 from tidal_lightning.strategies.base import (
     KNOWN_OUTPUTS,
@@ -18,10 +18,6 @@ from tidal_lightning.strategies.base import (
     PoolOutputs,
     QueryContext,
 )
-
-# Outputs drawn with the caller's generator: their masks depend on the batches that came
-# before, so a sharded pass could not reproduce one process's draws.
-_RANDOM_OUTPUTS = frozenset({"mc_mean_probs", "mc_mean_entropy"})
 
 
 def model_pass(
@@ -42,14 +38,14 @@ def model_pass(
     Under DDP every rank must call this with the same arguments: each predicts its strided
     shard of `indices` (padded by one sample where it is one short, so all ranks send the
     same shape), with rank 0's BatchNorm statistics, and one all-gather per output
-    reassembles the whole, in order, on every rank. The MC-dropout outputs are the
-    exception: they consume `generator` batch after batch, so every rank runs the whole
-    pass to draw exactly one process's masks.
+    reassembles the whole, in order, on every rank. The MC-dropout masks are drawn once,
+    before the batches, from `generator` (seeded alike on every rank), so every rank uses
+    one process's masks on its shard.
 
     Args:
         indices: `[N]` dataset indices.
         needs: names from `POOL_PASS_OUTPUTS` (see `ActiveLearningSystem.predict_batch`).
-        mc_samples, generator: for the MC-dropout outputs.
+        mc_samples, generator: T masks for the MC-dropout outputs, and where they come from.
 
     Returns:
         Each needed output, `[N, ...]` on `device` (the same on every rank).
@@ -58,7 +54,8 @@ def model_pass(
         return {}
     system.to(device).eval()
     distributed.broadcast_buffers_(system)
-    sharded = distributed.is_distributed() and len(indices) > 0 and not needs & _RANDOM_OUTPUTS
+    masks = system.mc_dropout_masks(mc_samples, generator) if needs & MC_OUTPUTS else None
+    sharded = distributed.is_distributed() and len(indices) > 0
     local = indices
     if sharded:
         positions = distributed.shard(len(indices))
@@ -73,7 +70,7 @@ def model_pass(
     # datamodule streams) while this one is predicted.
     for images in prefetched(lambda chunk: datamodule.gather(chunk, device), chunks, depth=1):
         normalized = datamodule.normalize(images)
-        batches.append(system.predict_batch(normalized, needs, mc_samples, generator))
+        batches.append(system.predict_batch(normalized, needs, masks))
     outputs = {name: torch.cat([b[name] for b in batches]) for name in sorted(needs)}
     if sharded:
         outputs = {k: distributed.gather_strided(v, len(indices)) for k, v in outputs.items()}

@@ -12,7 +12,7 @@ the lower, the more of the model's mistakes the strategy finds. Score strategies
 score; set strategies (random, coreset, badge) run `select` once for 50 % and their picks,
 which come in pick order, are cut at each x (greedy k-center and k-means++ seeding are
 sequential, so the first k picks are the selection of size k). bald and lloss need another
-model (dropout / a loss-prediction head) and are left out.
+system (query-time dropout / a loss-prediction head) and are left out.
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ DEFAULT_STRATEGIES = (
     "td_entropy_oracle",
     "td_margin_oracle",
 )
-# Outputs the host system cannot give: MC dropout needs a model trained with dropout, the
-# predicted loss a loss-prediction head trained with it.
+# Outputs the host system cannot give: MC dropout needs the strategy's query-time dropout
+# (its system_options), the predicted loss a loss-prediction head trained with the model.
+_MC = "MC dropout needs the strategy's query-time dropout, which the host system lacks"
 UNAVAILABLE_OUTPUTS = {
-    "mc_mean_probs": "MC dropout needs a model trained with dropout (model.dropout > 0)",
-    "mc_mean_entropy": "MC dropout needs a model trained with dropout (model.dropout > 0)",
+    "mc_probs": _MC,
+    "mc_mean_probs": _MC,
+    "mc_mean_entropy": _MC,
     "predicted_loss": "needs Learning Loss's loss-prediction head trained with the model",
 }
 NOT_SCORED = {

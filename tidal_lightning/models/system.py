@@ -17,6 +17,8 @@ from tidal_lightning.models.loss_prediction import ranking_loss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+# `predict_batch` outputs computed from MC-dropout masks.
+MC_OUTPUTS = frozenset({"mc_probs", "mc_mean_probs", "mc_mean_entropy"})
 
 
 class ActiveLearningSystem(pl.LightningModule):
@@ -38,6 +40,10 @@ class ActiveLearningSystem(pl.LightningModule):
         loss_margin: margin of the ranking loss (1 in the paper).
         loss_detach_epoch: from this epoch on the loss module sees detached stage maps, so
             its gradient no longer shapes the backbone (epoch 120 of 200 in the paper).
+        mc_dropout: dropout probability of the MC-dropout passes at query time, on the
+            embedding before the classifier; None uses the backbone's training dropout
+            (`model.dropout`). The MC strategies pass theirs (`strategy.dropout`) through
+            `system_options`, so they train exactly like every other strategy.
 
     The backbone's speed options (`model.channels_last`, `model.compile`, passed to the
     backbone by its config) are applied here: NHWC weights, and `torch.compile` of the
@@ -61,6 +67,7 @@ class ActiveLearningSystem(pl.LightningModule):
         loss_weight: float = 1.0,
         loss_margin: float = 1.0,
         loss_detach_epoch: int = 120,
+        mc_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if (td_module is None) != (td_tracker is None):
@@ -182,15 +189,17 @@ class ActiveLearningSystem(pl.LightningModule):
         self,
         images: Tensor,
         needs: frozenset[str] = frozenset({"probs"}),
-        mc_samples: int = 0,
-        generator: torch.Generator | None = None,
+        mc_masks: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """One normalised batch `[B, C, H, W]` -> the named outputs in `needs`.
 
         Names: `probs` `[B, K]` (softmax), `td_probs` `[B, K]` (TD module), `embeddings`
-        `[B, D]` (pooled penultimate features), `predicted_loss` `[B]` (loss module),
-        `mc_mean_probs` `[B, K]` and `mc_mean_entropy` `[B]` (mean softmax and mean entropy
-        over `mc_samples` dropout masks, drawn from `generator`).
+        `[B, D]` (pooled penultimate features), `predicted_loss` `[B]` (loss module), and
+        over the T dropout masks `mc_masks` (`[T, D]`, from `mc_dropout_masks`): `mc_probs`
+        `[B, T, K]` (float32: N·T·K·4 bytes over a pool, 80 MB for 100k × 20 × 10 and ten
+        times that for K = 100), `mc_mean_probs` `[B, K]` and `mc_mean_entropy` `[B]` (mean
+        softmax and mean entropy over the masks). All three come from the same masks, so
+        BALD and BatchBALD see the same draws for the same generator.
         """
         embedding, features = self.backbone.embed(images)
         outputs: dict[str, Tensor] = {}
@@ -206,34 +215,58 @@ class ActiveLearningSystem(pl.LightningModule):
                     "predicted losses were asked for, but no loss module was trained"
                 )
             outputs["predicted_loss"] = self.loss_module(features).float()
-        if {"mc_mean_probs", "mc_mean_entropy"} & needs:
-            outputs["mc_mean_probs"], outputs["mc_mean_entropy"] = self._mc_dropout(
-                embedding, mc_samples, generator
-            )
+        if MC_OUTPUTS & needs:
+            if mc_masks is None:
+                raise RuntimeError(f"{sorted(MC_OUTPUTS & needs)} need mc_masks")
+            mc_probs = self._mc_probs(embedding, mc_masks)
+            if "mc_probs" in needs:
+                outputs["mc_probs"] = mc_probs
+            if "mc_mean_probs" in needs:
+                outputs["mc_mean_probs"] = mc_probs.mean(dim=1)
+            if "mc_mean_entropy" in needs:
+                outputs["mc_mean_entropy"] = torch.special.entr(mc_probs).sum(dim=2).mean(dim=1)
         return outputs
 
-    def _mc_dropout(
-        self, embedding: Tensor, samples: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """Mean softmax `[B, K]` and mean entropy `[B]` over `samples` dropout masks.
+    @property
+    def mc_dropout_p(self) -> float:
+        """The dropout probability of the MC passes (`mc_dropout`, else `model.dropout`)."""
+        p = self.hparams.get("mc_dropout")
+        return float(self.backbone.dropout_p if p is None else p)
 
-        Dropout sits only before the classifier, so the stochastic passes share one
-        backbone pass and differ only in the head; looping over the samples and keeping
-        running sums holds memory at one `[B, D]` mask, not `samples` of them.
+    def mc_dropout_masks(self, samples: int, generator: torch.Generator | None) -> Tensor:
+        """`[T, D]` bool keep masks for the MC passes, one per sample t, shared by every input.
+
+        Dropping unit d of the classifier's input for every input is the same as zeroing
+        column d of its weight: each mask is one draw of the classifier's weights,
+        `W · diag(m_t) / (1 - p)`. Sharing the draws across the pool makes the T passes T
+        models, which is what joint predictions need (BatchBALD's joint entropy, EPIG's
+        pool-target pairs); masks drawn per input would make any two inputs independent
+        under the model (batchbald_redux's "consistent MC dropout"). Drawn once per pass,
+        the masks do not depend on the batching, so a sharded pass draws the same ones.
         """
-        p = float(self.backbone.dropout_p)
-        if samples < 1 or p <= 0:
+        p = self.mc_dropout_p
+        if samples < 1 or not 0 < p < 1:
             raise RuntimeError(
-                f"MC dropout needs mc_samples >= 1 and model.dropout > 0 (got {samples}, {p})"
+                f"MC dropout needs mc_samples >= 1 and a dropout probability in (0, 1) "
+                f"(strategy.dropout or model.dropout); got {samples}, {p}"
             )
-        prob_sum = embedding.new_zeros(len(embedding), self.backbone.linear.out_features)
-        entropy_sum = embedding.new_zeros(len(embedding))
-        for _ in range(samples):
-            keep = torch.rand(embedding.shape, generator=generator, device=embedding.device) >= p
-            probs = self.backbone.linear(embedding * keep / (1.0 - p)).float().softmax(dim=1)
-            prob_sum += probs
-            entropy_sum += torch.special.entr(probs).sum(dim=1)
-        return prob_sum / samples, entropy_sum / samples
+        weight = self.backbone.linear.weight
+        shape = (samples, weight.shape[1])
+        return torch.rand(shape, generator=generator, device=weight.device) >= p
+
+    def _mc_probs(self, embedding: Tensor, masks: Tensor) -> Tensor:
+        """Softmax `[B, T, K]` of the classifier under each of the T masks `[T, D]`.
+
+        The masks are applied to the weight (`[T, K, D]`, tiny) instead of the embedding,
+        so the T passes are one `[B, D] @ [D, T·K]` product on the one backbone pass.
+        """
+        linear = self.backbone.linear
+        samples, classes = len(masks), linear.out_features
+        keep = masks.to(linear.weight.dtype) / (1.0 - self.mc_dropout_p)
+        weights = (linear.weight[None] * keep[:, None, :]).flatten(0, 1)  # [T·K, D]
+        bias = None if linear.bias is None else linear.bias.repeat(samples)
+        logits = F.linear(embedding, weights, bias).view(len(embedding), samples, classes)
+        return logits.float().softmax(dim=2)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

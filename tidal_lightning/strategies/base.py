@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 # What a strategy can list in `needs`, by where it comes from:
 # one eval-mode pass over the scored pool subset after training,
 POOL_PASS_OUTPUTS = frozenset(
-    {"probs", "td_probs", "embeddings", "predicted_loss", "mc_mean_probs", "mc_mean_entropy"}
+    {
+        "probs",
+        "td_probs",
+        "embeddings",
+        "predicted_loss",
+        "mc_probs",
+        "mc_mean_probs",
+        "mc_mean_entropy",
+    }
 )
 # the same pass over the labeled set (the name minus `labeled_`),
 LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings"})
@@ -69,9 +77,11 @@ class PoolOutputs:
         outputs: named tensors on the scoring device; pool outputs are `[N, ...]`:
             `probs` `[N, K]` (classifier softmax), `td_probs` `[N, K]` (TD module),
             `embeddings` `[N, D]` (pooled penultimate features), `predicted_loss` `[N]`
-            (loss-prediction module), `mc_mean_probs` `[N, K]` / `mc_mean_entropy` `[N]`
-            (over MC-dropout samples), `label_counts` `[N, K]` int (predicted label per
-            recorded epoch), `pool_td` `[N, K]` (mean softmax over recorded epochs);
+            (loss-prediction module), `mc_probs` `[N, T, K]` (softmax under each of T
+            MC-dropout masks, the same masks for every sample), `mc_mean_probs` `[N, K]` /
+            `mc_mean_entropy` `[N]` (their mean softmax and mean entropy), `label_counts`
+            `[N, K]` int (predicted label per recorded epoch), `pool_td` `[N, K]` (mean
+            softmax over recorded epochs);
             labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`.
         labeled_targets: `[L]` int64 labels of the labeled set, in the order of the
             `labeled_*` outputs (the loop fills it in; None where nobody did).

@@ -1,7 +1,7 @@
 """Distance-based selection on the device, chunked so memory stays O(N · chunk), never O(N²).
 
-Used by CoreSet (k-center greedy), BADGE (k-means++ seeding on gradient embeddings) and
-CAL (nearest labeled neighbours).
+Used by CoreSet (k-center greedy), BADGE (k-means++ seeding on gradient embeddings), CAL
+(nearest labeled neighbours), NoiseStability (k-center greedy) and ALFA-Mix (k-means).
 """
 
 from __future__ import annotations
@@ -166,60 +166,67 @@ def nearest_neighbours(
 
 def kmeans(
     points: Tensor,
-    num_clusters: int,
+    clusters: int,
     generator: torch.Generator,
-    max_iter: int = 50,
-    tol: float = 1e-4,
-    chunk_size: int = 4096,
+    max_iterations: int = 300,
+    tolerance: float = 1e-4,
+    chunk_size: int = 1024,
 ) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means with k-means++ seeding, `[N, D] -> ([N] cluster ids, [K, D] centers)`.
+    """k-means: k-means++ seeding, then Lloyd's iterations, on the device.
 
     Seeding draws the first center uniformly and each next one with probability
-    proportional to the squared distance to the nearest chosen center (Arthur &
-    Vassilvitskii 2007), all with `generator`, so the result depends on nothing else.
-    Points are assigned `chunk_size` at a time: memory O(chunk · K), never O(N²). An empty
-    cluster keeps its previous center. Stops after `max_iter` rounds or when no center moves
-    by more than `tol` (relative to the data's scale).
+    proportional to the squared distance to the nearest center so far. Lloyd's iterations
+    stop when no assignment changes, when the centers move less (summed squared shift)
+    than `tolerance` times the mean per-dimension variance of the points (scikit-learn's
+    rule), or after `max_iterations`. A cluster that loses all its points keeps its center.
 
     Args:
-        points: `[N, D]` float.
-        num_clusters: K (<= N).
+        points: `[N, D]`.
+        clusters: k (<= N).
         generator: on `points.device`.
+        chunk_size: points per distance block; memory O(chunk_size · k).
+
+    Returns:
+        `[k, D]` centers and `[N]` int64 cluster of each point. Ties go to the lowest cluster.
     """
     num_points = len(points)
-    first = torch.randint(num_points, (1,), device=points.device, generator=generator)
-    centers = torch.empty(num_clusters, points.shape[1], dtype=points.dtype, device=points.device)
-    centers[0] = points[first[0]]
-    nearest = (points - centers[0]).square().sum(dim=1)
-    for k in range(1, num_clusters):
-        # all points on chosen centers: D² sampling is undefined, draw uniformly instead
+    first = torch.randint(num_points, (1,), generator=generator, device=points.device)
+    chosen = [first[0]]
+    nearest = (points - points[first]).square().sum(dim=1)
+    for _ in range(1, clusters):
+        # all points coincide with a center: draw uniformly (no host round trip)
         weights = torch.where(nearest.sum() > 0, nearest, torch.ones_like(nearest))
         choice = torch.multinomial(weights, 1, generator=generator)[0]
-        centers[k] = points[choice]
-        nearest = torch.minimum(nearest, (points - centers[k]).square().sum(dim=1))
-    scale = points.square().sum(dim=1).mean().clamp(min=1e-12)
-    assignments = assign_to_centers(points, centers, chunk_size)
-    for _ in range(max_iter):
-        sums = torch.zeros_like(centers).index_add_(0, assignments, points)
-        counts = torch.bincount(assignments, minlength=num_clusters)
-        moved = torch.where(
-            counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(points.dtype), centers
-        )
-        shift = (moved - centers).square().sum(dim=1).max()
+        chosen.append(choice)
+        nearest = torch.minimum(nearest, (points - points[choice]).square().sum(dim=1))
+    centers = points[torch.stack(chosen)].clone()
+    threshold = tolerance * points.var(dim=0, unbiased=False).mean()
+    assignment = nearest_centers(points, centers, chunk_size)
+    for _ in range(max_iterations):
+        sums = torch.zeros_like(centers).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=clusters).to(points.dtype)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+        shift = (moved - centers).square().sum()
         centers = moved
-        assignments = assign_to_centers(points, centers, chunk_size)
-        if shift <= tol * scale:
+        new_assignment = nearest_centers(points, centers, chunk_size)
+        unchanged = bool((new_assignment == assignment).all())
+        assignment = new_assignment
+        if unchanged or bool(shift <= threshold):
             break
-    return assignments, centers
+    return centers, assignment
 
 
-def assign_to_centers(points: Tensor, centers: Tensor, chunk_size: int = 4096) -> Tensor:
-    """`[N]` position of each point's nearest center (ties: the lower position), chunked."""
-    blocks = [
-        torch.cdist(points[start : start + chunk_size], centers).argmin(dim=1)
-        for start in range(0, len(points), chunk_size)
-    ]
-    return torch.cat(blocks)
+def nearest_centers(points: Tensor, centers: Tensor, chunk_size: int = 1024) -> Tensor:
+    """`[N]` position of each point's nearest center (Euclidean; ties to the lowest).
+
+    Points go `chunk_size` at a time: the largest temporary is `[chunk, k]`.
+    """
+    return torch.cat(
+        [
+            torch.cdist(points[start : start + chunk_size], centers).argmin(dim=1)
+            for start in range(0, len(points), chunk_size)
+        ]
+    )
 
 
 def knn_mean_distance(points: Tensor, k: int, chunk_size: int = 1024) -> Tensor:

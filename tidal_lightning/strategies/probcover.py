@@ -47,7 +47,7 @@ def purity_radius(
     Returns:
         (δ, π(δ)).
     """
-    labels, _ = kmeans(points, num_clusters, generator, chunk_size=chunk_size)
+    _, labels = kmeans(points, num_clusters, generator, chunk_size=chunk_size)
     nearest_other = nearest_other_label_distance(points, labels, chunk_size).cpu()
     ranked = torch.sort(nearest_other).values
     needed = math.ceil(alpha * len(points))

@@ -60,7 +60,7 @@ def typiclust_select(
     num_pool = len(pool_features)
     points = torch.cat([labeled_features, pool_features])
     num_clusters = min(len(labeled_features) + budget, max_clusters, len(points))
-    clusters, _ = kmeans(points, num_clusters, generator, chunk_size=chunk_size)
+    _, clusters = kmeans(points, num_clusters, generator, chunk_size=chunk_size)
     clusters = clusters.cpu()
     sizes = torch.bincount(clusters, minlength=num_clusters)
     labeled_per_cluster = torch.bincount(clusters[: len(labeled_features)], minlength=num_clusters)
