@@ -58,7 +58,8 @@ def test_missing_data_offline_names_the_path_and_the_fix(tmp_path: Path) -> None
 
 ALL_STRATEGIES = (
     "random,entropy,margin,least_confidence,tidal_entropy,tidal_margin,"
-    "dispersion,bald,coreset,lloss,badge,cal,td_entropy_oracle,td_margin_oracle"
+    "dispersion,bald,coreset,lloss,badge,cal,td_entropy_oracle,td_margin_oracle,"
+    "kcenter_greedy,coreset_mip,vaal,ta_vaal,gt_oracle"
 )
 
 

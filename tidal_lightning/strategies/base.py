@@ -22,10 +22,12 @@ POOL_PASS_OUTPUTS = frozenset(
     {"probs", "td_probs", "embeddings", "predicted_loss", "mc_mean_probs", "mc_mean_entropy"}
 )
 # the same pass over the labeled set (the name minus `labeled_`),
-LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings"})
-# and the per-epoch recorder that runs on the pool subset during training.
+LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings", "labeled_predicted_loss"})
+# the per-epoch recorder that runs on the pool subset during training,
 RECORDED_OUTPUTS = frozenset({"label_counts", "pool_td"})
-KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS
+# and the stored labels of the pool subset (reference strategies that read the ground truth).
+TARGET_OUTPUTS = frozenset({"pool_targets"})
+KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS | TARGET_OUTPUTS
 
 
 @dataclass
@@ -70,18 +72,23 @@ class PoolOutputs:
             `embeddings` `[N, D]` (pooled penultimate features), `predicted_loss` `[N]`
             (loss-prediction module), `mc_mean_probs` `[N, K]` / `mc_mean_entropy` `[N]`
             (over MC-dropout samples), `label_counts` `[N, K]` int (predicted label per
-            recorded epoch), `pool_td` `[N, K]` (mean softmax over recorded epochs);
-            labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`.
+            recorded epoch), `pool_td` `[N, K]` (mean softmax over recorded epochs),
+            `pool_targets` `[N]` int64 (the stored labels; -1 = unknown);
+            labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`,
+            `labeled_predicted_loss`.
         labeled_targets: `[L]` int64 labels of the labeled set, in the order of the
             `labeled_*` outputs (the loop fills it in; None where nobody did).
         context: the trained system and the data, for strategies that need more than the
             outputs (see `QueryContext`); None in unit tests that pass outputs only.
+        diagnostics: numbers the strategy reports about its query (solver path, radius,
+            final losses), for the cycle's result row; the strategy fills it in `select`.
     """
 
     indices: Tensor
     outputs: dict[str, Tensor] = field(default_factory=dict)
     labeled_targets: Tensor | None = None
     context: QueryContext | None = None
+    diagnostics: dict[str, float | int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -103,9 +110,12 @@ class Strategy:
     Attributes:
         mc_samples: dropout masks per pool sample for the `mc_*` outputs.
         record_every: the per-epoch recorder runs every this many epochs.
+        single_device: the query does work of its own that is not split across DDP ranks
+            (trains a model, runs a solver); `check_config` refuses `trainer.devices > 1`.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"probs"})
+    single_device: ClassVar[bool] = False
     mc_samples: int = 0
     record_every: int = 1
 
@@ -124,6 +134,13 @@ class Strategy:
             problems.append(
                 f"strategy.record_every={self.record_every}: must be between 1 and "
                 f"trainer.max_epochs={cfg.trainer.max_epochs}, or no epoch is recorded"
+            )
+        devices = cfg.trainer.get("devices", 1)
+        if self.single_device and devices not in (1, "1"):
+            problems.append(
+                f"trainer.devices={devices}: {type(self).__name__} does its query work in one "
+                "process (its own training or solver is not split across devices); use "
+                "trainer.devices=1"
             )
         return problems
 
