@@ -223,6 +223,12 @@ def _feasible_cover(
     candidates, center_of_pair = np.unique(pair_cols, return_inverse=True)
     point_of_pair = np.searchsorted(need, pair_rows)
     num_u, num_w, num_x = len(candidates), len(pair_rows), len(need)
+    # A bound first, which rejects most radii far below the optimum without a solve (HiGHS
+    # needs minutes for some of these at 10k points): b centers cover at most the points in
+    # the b largest neighbourhoods.
+    reach = np.sort(np.bincount(center_of_pair, minlength=num_u))[::-1][:budget].sum()
+    if reach < num_x - max_outliers:
+        return None, False
     # variables: [u (candidate centers) | ω (pairs) | ξ (points that need a cover)]
     w0, x0 = num_u, num_u + num_w
     pair_ids = np.arange(num_w)
