@@ -50,12 +50,13 @@ def embeddings(count: int, generator: torch.Generator) -> torch.Tensor:
 
 def measure(name: str, pool_size: int, vaal_iterations: int) -> dict[str, Any]:
     """One query of `name` on a pool of `pool_size`, in this process."""
-    from tidal_lightning.strategies.base import PoolOutputs, QueryContext
+    from tidal_lightning.strategies.base import PoolOutputs, QueryContext, Strategy
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     device = torch.device("cpu")
     row: dict[str, Any] = {"strategy": name, "pool": pool_size}
+    strategy: Strategy
     if name in ("kcenter_greedy", "coreset_mip"):
         from tidal_lightning.strategies.coreset_mip import CoreSetMIP
         from tidal_lightning.strategies.kcenter_greedy import KCenterGreedy
