@@ -276,3 +276,38 @@ def test_ta_vaal_trains_end_to_end_on_a_tiny_case() -> None:
     )
     picks = TAVAAL(**tiny()).select(pool, 2, torch.Generator())  # type: ignore[arg-type]
     assert len(set(picks.tolist())) == 2 and pool.diagnostics["vaal_iterations"] == 3
+
+
+@pytest.mark.parametrize("ranking", ["bce", "margin"])
+def test_the_system_trains_the_loss_module_with_the_named_ranking_loss(ranking: str) -> None:
+    from functools import partial
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from tidal_lightning.models.backbones import SmallCNN
+    from tidal_lightning.models.loss_prediction import LossPredictionModule, ranking_loss
+    from tidal_lightning.models.system import ActiveLearningSystem
+
+    torch.manual_seed(0)
+    backbone = SmallCNN(num_classes=3, in_channels=1, width=4)
+    system = ActiveLearningSystem(
+        backbone,
+        3,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        loss_module=LossPredictionModule(backbone.stage_channels, hidden=4),
+        loss_weight=0.5,
+        loss_ranking=ranking,
+    )
+    system._trainer = SimpleNamespace(current_epoch=0)  # type: ignore[assignment]
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = system.training_step((images, targets, torch.arange(6)), 0)["loss"].detach()
+    with torch.no_grad():
+        logits, features = backbone(images)
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        predicted = system.loss_module(features)  # type: ignore[misc]
+    named = pairwise_bce_ranking_loss if ranking == "bce" else ranking_loss
+    other = ranking_loss if ranking == "bce" else pairwise_bce_ranking_loss
+    assert float(loss) == pytest.approx(float(ce.mean() + 0.5 * named(predicted, ce)), rel=1e-5)
+    assert float(loss) != pytest.approx(float(ce.mean() + 0.5 * other(predicted, ce)), rel=1e-5)
