@@ -1,4 +1,4 @@
-"""`python -m tidal_lightning.bench_query` runs each measurement in its own process."""
+"""`python -m tidal_lightning.bench_query_systems` runs each measurement in its own process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidal_lightning import bench_query
+from tidal_lightning import bench_query_systems as bench_query
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ def test_a_small_run_writes_one_row_per_strategy_and_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the child imports this checkout
-    out = tmp_path / "bench_query.json"
+    out = tmp_path / "bench_query_systems.json"
     bench_query.main(["--strategies", "gt_oracle", "--sizes", "1500", "--out", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
     assert row["strategy"] == "gt_oracle" and row["pool"] == 1500

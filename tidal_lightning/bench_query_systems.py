@@ -1,4 +1,4 @@
-"""`python -m tidal_lightning.bench_query`: what a query of the heavier strategies costs.
+"""`python -m tidal_lightning.bench_query_systems`: what a query of the heavier strategies costs.
 
 For each strategy and pool size, one fresh process builds synthetic inputs of the
 Fashion-MNIST shape and runs the strategy's `select` once, as the loop does after the pool
@@ -15,7 +15,7 @@ Inputs (seeded): 1000 labeled samples, a budget of 1000, and
   iteration and for the pool scoring, so a full query is `iterations × per-iteration + scoring`;
 - softmax outputs and labels (`gt_oracle`).
 
-Each run prints one JSON line; the parent prints the table and writes `bench_query.json`.
+Each run prints one JSON line; the parent prints the table and writes `bench_query_systems.json`.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     parser.add_argument("--vaal-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", type=Path, default=Path("bench_query.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench_query_systems.json"))
     parser.add_argument("--one", nargs=2, metavar=("STRATEGY", "POOL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -155,14 +155,16 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.strategies:
             done = subprocess.run(
                 [
-                    sys.executable, "-m", "tidal_lightning.bench_query", "--one", name, str(size),
+                    sys.executable, "-m", "tidal_lightning.bench_query_systems",
+                    "--one", name, str(size),
                     "--vaal-iterations", str(args.vaal_iterations), "--threads", str(args.threads),
                 ],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
+            # after every row: a long run stopped half-way keeps what it measured
+            args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
     print(f"\n{'strategy':<16}{'pool':>8}{'query s':>9}{'RSS before':>12}{'peak RSS':>10}  notes")
     for row in rows:
         notes = ""
