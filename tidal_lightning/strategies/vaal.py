@@ -22,6 +22,7 @@ Loss's predicted loss through `conditions`.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -113,8 +114,9 @@ class VAAL(Strategy):
         self.kl_reduction = kl_reduction
         self.learning_rate = learning_rate
         # The last query's (outputs, scores): the file oracle's export asks for the scores
-        # of the same query again, which must not train the networks a second time.
-        self._scored: tuple[PoolOutputs, Tensor] | None = None
+        # of the same query again, which must not train the networks a second time. A weak
+        # reference, so the outputs (and the cycle's model in their context) are not kept.
+        self._scored: tuple[weakref.ref[PoolOutputs], Tensor] | None = None
 
     def check_config(self, cfg: DictConfig) -> list[str]:
         problems = super().check_config(cfg)
@@ -158,7 +160,7 @@ class VAAL(Strategy):
         return (None, None), (None, None)
 
     def score(self, pool: PoolOutputs) -> Tensor:
-        if self._scored is not None and self._scored[0] is pool:
+        if self._scored is not None and self._scored[0]() is pool:
             return self._scored[1]
         if pool.context is None:
             raise ValueError(f"{type(self).__name__} trains on the images: it needs pool.context")
@@ -168,7 +170,7 @@ class VAAL(Strategy):
         )
         logits = self.pool_logits(vae, discriminator, pool.context, discriminator_conditions[1])
         scores = -logits
-        self._scored = (pool, scores)
+        self._scored = (weakref.ref(pool), scores)
         return scores
 
     def build_networks(self, context: QueryContext) -> tuple[VAE, Discriminator]:
