@@ -2,7 +2,8 @@
 
 For each strategy and pool size, one fresh process builds synthetic inputs of the
 Fashion-MNIST shape and runs the strategy's `select` once, as the loop does after the pool
-pass: wall time and the process's peak RSS before and after. The pool pass itself (the
+pass: wall time, CPU time (user + system, which other processes on the same cores inflate
+far less), and the process's peak RSS before and after. The pool pass itself (the
 classifier over the pool) is not included; it is the same for every strategy and `make bench`
 measures it.
 
@@ -40,6 +41,13 @@ STRATEGIES = ("kcenter_greedy", "coreset_mip", "vaal", "ta_vaal", "gt_oracle")
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: less sensitive than wall time to other
+    processes sharing the cores (on a busy machine wall time can be many times larger)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def embeddings(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -107,9 +115,10 @@ def measure(name: str, pool_size: int, vaal_iterations: int) -> dict[str, Any]:
         pool = PoolOutputs(torch.arange(pool_size), outputs, context=context)
         _time_vaal_parts(strategy, pool, row)
     row["rss_before_mb"] = round(peak_rss_mb(), 1)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     picks = strategy.select(pool, BUDGET, torch.Generator().manual_seed(2))
     row["seconds"] = round(time.perf_counter() - started, 2)
+    row["cpu_seconds"] = round(cpu_seconds() - cpu_started, 2)
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     assert len(set(picks.tolist())) == BUDGET
     row.update(pool.diagnostics)
@@ -122,16 +131,20 @@ def _time_vaal_parts(strategy: Any, pool: Any, row: dict[str, Any]) -> None:
     train, score = strategy.train_networks, strategy.pool_logits
 
     def timed_train(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         result = train(*args, **kwargs)
         row["train_seconds"] = round(time.perf_counter() - started, 2)
         row["seconds_per_iteration"] = round(row["train_seconds"] / strategy.iterations, 2)
+        row["cpu_seconds_per_iteration"] = round(
+            (cpu_seconds() - cpu_started) / strategy.iterations, 2
+        )
         return result
 
     def timed_score(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         result = score(*args, **kwargs)
         row["scoring_seconds"] = round(time.perf_counter() - started, 2)
+        row["scoring_cpu_seconds"] = round(cpu_seconds() - cpu_started, 2)
         return result
 
     strategy.train_networks, strategy.pool_logits = timed_train, timed_score
@@ -165,13 +178,17 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rows[-1]), flush=True)
             # after every row: a long run stopped half-way keeps what it measured
             args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
-    print(f"\n{'strategy':<16}{'pool':>8}{'query s':>9}{'RSS before':>12}{'peak RSS':>10}  notes")
+    print(
+        f"\n{'strategy':<16}{'pool':>8}{'query s':>9}{'CPU s':>9}{'RSS before':>12}"
+        f"{'peak RSS':>10}  notes"
+    )
     for row in rows:
         notes = ""
         if "seconds_per_iteration" in row:
             notes = (
-                f"{row['seconds_per_iteration']} s/iteration, pool scoring "
-                f"{row['scoring_seconds']} s"
+                f"{row['seconds_per_iteration']} s/iteration "
+                f"({row['cpu_seconds_per_iteration']} CPU s), pool scoring "
+                f"{row['scoring_seconds']} s ({row['scoring_cpu_seconds']} CPU s)"
             )
         elif "coreset_mip" in row:
             notes = (
@@ -179,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['coreset_mip_solves']} solves, {row['coreset_mip_pairs']} pairs"
             )
         print(
-            f"{row['strategy']:<16}{row['pool']:>8}{row['seconds']:>9}"
+            f"{row['strategy']:<16}{row['pool']:>8}{row['seconds']:>9}{row['cpu_seconds']:>9}"
             f"{row['rss_before_mb']:>10.0f}MB{row['peak_rss_mb']:>8.0f}MB  {notes}"
         )
 
