@@ -81,7 +81,7 @@ class PoolOutputs:
         context: the trained system and the data, for strategies that need more than the
             outputs (see `QueryContext`); None in unit tests that pass outputs only.
         diagnostics: numbers the strategy reports about its query (solver path, radius,
-            final losses), for the cycle's result row; the strategy fills it in `select`.
+            final losses), for the cycle's result row; the strategy fills it as it selects.
     """
 
     indices: Tensor
