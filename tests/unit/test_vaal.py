@@ -265,6 +265,9 @@ def test_ta_vaal_trains_the_loss_module_with_its_ranking_loss() -> None:
     assert options["loss_ranking"] == "bce" and options["loss_detach_epoch"] == 120
     assert options["loss_module"] is not None
     assert TAVAAL.needs == {"predicted_loss", "labeled_predicted_loss"}
+    # TA-VAAL's code: 1 VAE step per iteration and the KL term averaged (VAAL: 2, summed)
+    assert (TAVAAL().vae_steps, TAVAAL().kl_reduction) == (1, "mean")
+    assert (VAAL().vae_steps, VAAL().kl_reduction) == (2, "sum")
 
 
 def test_ta_vaal_trains_end_to_end_on_a_tiny_case() -> None:

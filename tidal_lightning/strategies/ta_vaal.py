@@ -26,7 +26,8 @@ class TAVAAL(VAAL):
     The loss-prediction module trains with the classifier (`weight`, `margin`,
     `detach_fraction`, `hidden`, `ranking`: as `strategy=lloss`, ranking `bce` by default,
     TA-VAAL's relaxation); at query time the decoder sees σ(r) and the discriminator r, for
-    the labeled set and the pool subset alike. The other arguments are VAAL's.
+    the labeled set and the pool subset alike. The other arguments are VAAL's, with TA-VAAL's
+    defaults `vae_steps=1`, `kl_reduction="mean"`.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"predicted_loss", "labeled_predicted_loss"})
@@ -41,7 +42,8 @@ class TAVAAL(VAAL):
         ranking: str = "bce",
         **vaal: Any,
     ) -> None:
-        super().__init__(**vaal)
+        # TA-VAAL's code: one VAE step per iteration, the KL term averaged
+        super().__init__(**{"vae_steps": 1, "kl_reduction": "mean", **vaal})
         self.learning_loss = LearningLoss(weight, margin, detach_fraction, hidden, ranking)
 
     def system_options(self, stage_channels: tuple[int, ...], max_epochs: int) -> dict[str, Any]:
