@@ -110,6 +110,10 @@ def test_recording_the_pool_does_not_change_training(
         (["strategy=bald", "strategy.mc_samples=0"], "strategy.mc_samples=0"),
         (["strategy=dispersion", "strategy.record_every=11"], "strategy.record_every=11"),
         (["strategy=lloss", "strategy.detach_fraction=2"], "strategy.detach_fraction=2"),
+        (["strategy=gt_oracle", "oracle=file"], "strategy=gt_oracle with oracle=FileOracle"),
+        (["strategy=vaal", "trainer.devices=2"], "trainer.devices=2: VAAL does its query work"),
+        (["strategy=ta_vaal", "strategy.kl_reduction=max"], "strategy.kl_reduction='max'"),
+        (["strategy=coreset_mip", "trainer.devices=2"], "trainer.devices=2: CoreSetMIP"),
     ],
 )
 def test_strategy_settings_are_checked_before_anything_is_written(

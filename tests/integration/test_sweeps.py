@@ -195,8 +195,17 @@ def test_tidal_sweeps_are_the_paper_preset_plus_the_grid(name: str, tmp_path: Pa
 @pytest.mark.parametrize("name", sorted(DISPERSION_SWEEPS))
 def test_dispersion_sweeps_follow_the_paper_protocol(name: str, tmp_path: Path) -> None:
     jobs = expand_grid(name)
-    assert choices(jobs, "strategy") == {"random", "margin", "bald", "coreset", "dispersion"}
-    assert choices(jobs, "seed") == {"0", "1", "2"} and len(jobs) == 15
+    assert choices(jobs, "strategy") == {
+        "random",
+        "margin",
+        "bald",
+        "kcenter_greedy",
+        "coreset_mip",
+        "vaal",
+        "dispersion",
+        "gt_oracle",
+    }
+    assert choices(jobs, "seed") == {"0", "1", "2"} and len(jobs) == 24
     num_train = SHIPPED[DISPERSION_SWEEPS[name]][2]
     for job in covering(jobs):
         cfg = compose_config([f"+sweep={name}", *job], tmp_path)

@@ -25,7 +25,7 @@ from tidal_lightning.analysis.td_separation import SnapshotTracker, uncertainty_
 from tidal_lightning.data.longtail import long_tail_counts
 from tidal_lightning.strategies.badge import BADGE
 from tidal_lightning.strategies.base import PoolOutputs, Strategy
-from tidal_lightning.strategies.coreset import CoreSet
+from tidal_lightning.strategies.kcenter_greedy import KCenterGreedy
 from tidal_lightning.strategies.random import RandomSampling
 
 T, F = True, False
@@ -154,7 +154,7 @@ def _pool(n: int, seed: int) -> PoolOutputs:
     )
 
 
-SET_STRATEGIES = [CoreSet(), BADGE(), RandomSampling()]
+SET_STRATEGIES = [KCenterGreedy(), BADGE(), RandomSampling()]
 
 
 @pytest.mark.parametrize("strategy", SET_STRATEGIES, ids=lambda s: type(s).__name__)

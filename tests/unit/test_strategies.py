@@ -17,7 +17,6 @@ from tidal_lightning.strategies.badge import BADGE
 from tidal_lightning.strategies.bald import BALD
 from tidal_lightning.strategies.base import PoolOutputs
 from tidal_lightning.strategies.cal import CAL
-from tidal_lightning.strategies.coreset import CoreSet
 from tidal_lightning.strategies.dispersion import Dispersion
 from tidal_lightning.strategies.geometry import (
     gradient_embedding,
@@ -25,6 +24,7 @@ from tidal_lightning.strategies.geometry import (
     kcenter_greedy,
     kmeans_pp_gradient,
 )
+from tidal_lightning.strategies.kcenter_greedy import KCenterGreedy
 from tidal_lightning.strategies.lloss import LearningLoss
 from tidal_lightning.strategies.td_entropy_oracle import TDEntropyOracle
 from tidal_lightning.strategies.td_margin_oracle import TDMarginOracle
@@ -151,7 +151,7 @@ def test_kcenter_greedy_on_a_line_takes_the_farthest_point_first() -> None:
     for chunk in (1, 1024):
         assert kcenter_greedy(points, labeled, 3, chunk).tolist() == [2, 3, 1]
     outputs = pool(embeddings=points, labeled_embeddings=labeled)
-    assert CoreSet().select(outputs, 2, torch.Generator()).tolist() == [2, 3]
+    assert KCenterGreedy().select(outputs, 2, torch.Generator()).tolist() == [2, 3]
 
 
 def test_kcenter_greedy_never_picks_a_point_twice_among_duplicates() -> None:

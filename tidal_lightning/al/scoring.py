@@ -92,7 +92,9 @@ def pool_pass(
 
     Recorded outputs (`label_counts`, `pool_td`) come from the per-epoch recorder, not
     from here; the caller adds them. `labeled_targets` (`[L]`, on `device`) is always
-    filled in: the labels are known and cost nothing to pass.
+    filled in: the labels are known and cost nothing to pass. `pool_targets` (`[N]`, the
+    stored labels of the pool subset, -1 where unknown) only when `needs` names it: only
+    ground-truth reference strategies may read them.
 
     Args:
         indices: `[N]` dataset indices of the pool subset.
@@ -109,6 +111,8 @@ def pool_pass(
     labeled_needs = frozenset(n.removeprefix("labeled_") for n in needs & LABELED_OUTPUTS)
     labeled = model_pass(system, datamodule, labeled_indices, labeled_needs, device)
     outputs.update({f"labeled_{name}": value for name, value in labeled.items()})
+    if "pool_targets" in needs:
+        outputs["pool_targets"] = datamodule.train_targets[indices.cpu()].to(device)
     labeled_targets = datamodule.train_targets[labeled_indices.cpu()].to(device)
     return PoolOutputs(indices, outputs, labeled_targets=labeled_targets, context=context)
 

@@ -50,3 +50,27 @@ def ranking_loss(predicted: Tensor, target: Tensor, margin: float = 1.0) -> Tens
     target_diff = (target - target.flip(0))[:half]
     sign = torch.where(target_diff > 0, 1.0, -1.0)
     return F.relu(margin - sign * predicted_diff).mean()
+
+
+def pairwise_bce_ranking_loss(predicted: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
+    """TA-VAAL's relaxation of the ranking loss, on the same pairs `(i, B-1-i)`.
+
+    The predicted difference goes through a sigmoid and is scored with binary cross-entropy
+    against "sample i's true loss is larger": `-[t log σ(Δ) + (1 - t) log(1 - σ(Δ))]` with
+    `Δ = pred_i - pred_j`, `t = 1[loss_i > loss_j]`, averaged over the `B // 2` pairs (as
+    `LossPredLoss` in the TA-VAAL authors' `train_test.py`). `margin` is accepted for the
+    same signature as `ranking_loss` and unused, as there.
+
+    Returns:
+        Scalar loss (0 for a batch with fewer than 2 samples).
+    """
+    half = len(predicted) // 2
+    if half == 0:
+        return predicted.sum() * 0.0
+    predicted_diff = (predicted - predicted.flip(0))[:half]
+    target_larger = ((target - target.flip(0))[:half] > 0).to(predicted_diff.dtype)
+    return F.binary_cross_entropy_with_logits(predicted_diff, target_larger)
+
+
+# `loss_ranking` of the system / `strategy.ranking` of Learning Loss -> the loss it names.
+RANKING_LOSSES = {"margin": ranking_loss, "bce": pairwise_bce_ranking_loss}

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tidal_lightning.callbacks.training_dynamics import TrainingDynamicsTracker
 from tidal_lightning.models.backbones import Backbone, global_average_pool
-from tidal_lightning.models.loss_prediction import ranking_loss
+from tidal_lightning.models.loss_prediction import RANKING_LOSSES
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -44,6 +44,8 @@ class ActiveLearningSystem(pl.LightningModule):
             embedding before the classifier; None uses the backbone's training dropout
             (`model.dropout`). The MC strategies pass theirs (`strategy.dropout`) through
             `system_options`, so they train exactly like every other strategy.
+        loss_ranking: the ranking loss, a key of `RANKING_LOSSES`: `margin` (Learning Loss)
+            or `bce` (TA-VAAL's sigmoid/BCE relaxation).
 
     The backbone's speed options (`model.channels_last`, `model.compile`, passed to the
     backbone by its config) are applied here: NHWC weights, and `torch.compile` of the
@@ -68,6 +70,7 @@ class ActiveLearningSystem(pl.LightningModule):
         loss_margin: float = 1.0,
         loss_detach_epoch: int = 120,
         mc_dropout: float | None = None,
+        loss_ranking: str = "margin",
     ) -> None:
         super().__init__()
         if (td_module is None) != (td_tracker is None):
@@ -118,7 +121,7 @@ class ActiveLearningSystem(pl.LightningModule):
         if self.loss_module is not None:
             if self.current_epoch >= self.hparams["loss_detach_epoch"]:
                 features = [f.detach() for f in features]
-            rank = ranking_loss(
+            rank = RANKING_LOSSES[self.hparams["loss_ranking"]](
                 self.loss_module(features).float(),
                 ce_per_sample.detach().float(),
                 self.hparams["loss_margin"],

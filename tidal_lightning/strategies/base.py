@@ -31,10 +31,12 @@ POOL_PASS_OUTPUTS = frozenset(
     }
 )
 # the same pass over the labeled set (the name minus `labeled_`),
-LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings"})
-# and the per-epoch recorder that runs on the pool subset during training.
+LABELED_OUTPUTS = frozenset({"labeled_probs", "labeled_embeddings", "labeled_predicted_loss"})
+# the per-epoch recorder that runs on the pool subset during training,
 RECORDED_OUTPUTS = frozenset({"label_counts", "pool_td"})
-KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS
+# and the stored labels of the pool subset (reference strategies that read the ground truth).
+TARGET_OUTPUTS = frozenset({"pool_targets"})
+KNOWN_OUTPUTS = POOL_PASS_OUTPUTS | LABELED_OUTPUTS | RECORDED_OUTPUTS | TARGET_OUTPUTS
 
 
 @dataclass
@@ -81,18 +83,23 @@ class PoolOutputs:
             MC-dropout masks, the same masks for every sample), `mc_mean_probs` `[N, K]` /
             `mc_mean_entropy` `[N]` (their mean softmax and mean entropy), `label_counts`
             `[N, K]` int (predicted label per recorded epoch), `pool_td` `[N, K]` (mean
-            softmax over recorded epochs);
-            labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`.
+            softmax over recorded epochs), `pool_targets` `[N]` int64 (the stored labels;
+            -1 = unknown);
+            labeled-set outputs are `[L, ...]`: `labeled_probs`, `labeled_embeddings`,
+            `labeled_predicted_loss`.
         labeled_targets: `[L]` int64 labels of the labeled set, in the order of the
             `labeled_*` outputs (the loop fills it in; None where nobody did).
         context: the trained system and the data, for strategies that need more than the
             outputs (see `QueryContext`); None in unit tests that pass outputs only.
+        diagnostics: numbers the strategy reports about its query (solver path, radius,
+            final losses), for the cycle's result row; the strategy fills it as it selects.
     """
 
     indices: Tensor
     outputs: dict[str, Tensor] = field(default_factory=dict)
     labeled_targets: Tensor | None = None
     context: QueryContext | None = None
+    diagnostics: dict[str, float | int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -120,9 +127,12 @@ class Strategy:
         record_every: the per-epoch recorder runs every this many epochs.
         class_balance: spread a score-based strategy's picks over the predicted classes,
             rarest labeled classes first (`strategies/balance.py`); a shared key.
+        single_device: the query does work of its own that is not split across DDP ranks
+            (trains a model, runs a solver); `check_config` refuses `trainer.devices > 1`.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"probs"})
+    single_device: ClassVar[bool] = False
     mc_samples: int = 0
     record_every: int = 1
     # The initial set is the whole training pool and the run trains once (the full-data
@@ -165,6 +175,13 @@ class Strategy:
                 "ranking per-sample scores, so there is no score to spread over the classes; "
                 "use it with a score-based strategy (entropy, margin, tidal_margin, ...) or "
                 "set strategy.class_balance=false"
+            )
+        devices = cfg.trainer.get("devices", 1)
+        if self.single_device and devices not in (1, "1"):
+            problems.append(
+                f"trainer.devices={devices}: {type(self).__name__} does its query work in one "
+                "process (its own training or solver is not split across devices); use "
+                "trainer.devices=1"
             )
         return problems
 

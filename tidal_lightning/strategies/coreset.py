@@ -1,30 +1,13 @@
-"""CoreSet (Sener & Savarese, ICLR 2018): k-center greedy on the penultimate embedding."""
+"""CoreSet as the TiDAL code names it: the greedy k-center, `strategies/kcenter_greedy.py`.
+
+Its own module because a run names its strategy after the module (`strategy_name` in
+run_summary.json, the report's rows): `strategy=coreset` runs stay `coreset`.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import Tensor
-
-from tidal_lightning.strategies.base import PoolOutputs, Strategy
-from tidal_lightning.strategies.geometry import kcenter_greedy
+from tidal_lightning.strategies.kcenter_greedy import KCenterGreedy
 
 
-class CoreSet(Strategy):
-    """Picks, one at a time, the pool sample farthest from the labeled set and the picks so far.
-
-    Args:
-        chunk_size: centers per distance block; memory is O(N · chunk_size).
-    """
-
-    needs: ClassVar[frozenset[str]] = frozenset({"embeddings", "labeled_embeddings"})
-
-    def __init__(self, chunk_size: int = 1024) -> None:
-        self.chunk_size = chunk_size
-
-    def select(self, pool: PoolOutputs, budget: int, generator: torch.Generator) -> Tensor:
-        picked = kcenter_greedy(
-            pool["embeddings"], pool["labeled_embeddings"], budget, self.chunk_size
-        )
-        return picked.cpu()
+class CoreSet(KCenterGreedy):
+    """The greedy k-center (Sener & Savarese 2018) under the TiDAL code's name."""

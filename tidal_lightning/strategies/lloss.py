@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 from torch import Tensor
 
-from tidal_lightning.models.loss_prediction import LossPredictionModule
+from tidal_lightning.models.loss_prediction import RANKING_LOSSES, LossPredictionModule
 from tidal_lightning.strategies.base import PoolOutputs, Strategy
 
 
@@ -23,6 +23,8 @@ class LearningLoss(Strategy):
         margin: ξ of the ranking loss (1 in the paper).
         detach_fraction: fraction of the epochs after which the stage maps are detached.
         hidden: width of each per-stage projection of the module (128 in the paper).
+        ranking: `margin` (the paper's margin ranking loss) or `bce` (TA-VAAL's relaxation,
+            `models.loss_prediction.pairwise_bce_ranking_loss`).
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"predicted_loss"})
@@ -33,11 +35,13 @@ class LearningLoss(Strategy):
         margin: float = 1.0,
         detach_fraction: float = 0.6,
         hidden: int = 128,
+        ranking: str = "margin",
     ) -> None:
         self.weight = weight
         self.margin = margin
         self.detach_fraction = detach_fraction
         self.hidden = hidden
+        self.ranking = ranking
 
     def detach_epoch(self, max_epochs: int) -> int:
         """The first epoch (0-based) whose stage maps reach the module detached."""
@@ -49,6 +53,7 @@ class LearningLoss(Strategy):
             "loss_weight": self.weight,
             "loss_margin": self.margin,
             "loss_detach_epoch": self.detach_epoch(max_epochs),
+            "loss_ranking": self.ranking,
         }
 
     def check_config(self, cfg: DictConfig) -> list[str]:
@@ -58,6 +63,10 @@ class LearningLoss(Strategy):
         if self.weight < 0 or self.margin < 0:
             problems.append(
                 f"strategy.weight={self.weight}, strategy.margin={self.margin}: must be >= 0"
+            )
+        if self.ranking not in RANKING_LOSSES:
+            problems.append(
+                f"strategy.ranking={self.ranking!r}: must be one of {sorted(RANKING_LOSSES)}"
             )
         return problems
 
