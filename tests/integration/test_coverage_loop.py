@@ -50,3 +50,16 @@ def test_class_balance_on_a_set_strategy_stops_before_training(
     with pytest.raises(ConfigError, match=r"strategy\.class_balance=true"):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "results.csv").exists()
+
+
+def test_what_a_strategy_reports_about_its_query_becomes_result_columns(
+    smoke_config: Callable[..., DictConfig],
+) -> None:
+    """ProbCover's radius and the MIP's reach results.csv, blank in a cycle without a query."""
+    for strategy, column in (("probcover", "probcover_delta"), ("coreset_mip", "coreset_radius")):
+        cfg = smoke_config(f"strategy={strategy}", "al.cycles=2", run=strategy)
+        run(cfg)
+        with open(Path(cfg.paths.output_dir) / "results.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert float(rows[0][column]) > 0, (strategy, rows[0])
+        assert rows[1][column] == ""  # the last cycle queries nothing

@@ -216,7 +216,8 @@ def test_training_curves_survive_two_kills(tmp_path: Path, logger: str) -> None:
     else:
         counts: dict[int, int] = {}
         run_files = sorted((out / "wandb").glob("offline-run-*/*.wandb"))
-        assert len(run_files) == 3  # one W&B run id, written in three sessions
+        # one W&B run id, written in sessions: each cycle's is finished before it is committed
+        assert len(run_files) >= 3 and len({f.name for f in run_files}) == 1, run_files
         settled(run_files)
         for run_file in run_files:
             items = wandb_items_when_written(run_file, "train/cycle")

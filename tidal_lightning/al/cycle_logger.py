@@ -47,6 +47,28 @@ class CycleStepLogger(Logger):
     def start_cycle(self, cycle: int) -> None:
         self.cycle = cycle
 
+    def flush(self) -> None:
+        """Makes everything logged so far durable before the cycle is committed.
+
+        W&B writes its files from a service process, which a killed run's last records may
+        never reach; so its run is finished here (that waits for the files) and resumed,
+        under the same id, at the next log call. The CSV writer saves on every epoch.
+        """
+        if isinstance(self.inner, WandbLogger) and self.inner._experiment is not None:
+            self.inner._experiment.finish()
+            self.inner._experiment = None
+        else:
+            self.inner.save()
+
+    def define_metrics(self) -> None:
+        """W&B: chart `al/*` against `al/num_labeled` (Lightning's loggers use steps)."""
+        experiment = self.experiment
+        define_metric = getattr(experiment, "define_metric", None)
+        if callable(define_metric) and getattr(self, "_defined_for", None) is not experiment:
+            define_metric("al/num_labeled")
+            define_metric("al/*", step_metric="al/num_labeled")
+            self._defined_for = experiment
+
     def end_cycle(self, global_step: int) -> None:
         """Moves the offset past the steps of the cycle that just ended."""
         self.offset += global_step + 1
@@ -76,6 +98,7 @@ class CycleStepLogger(Logger):
         return getattr(self.inner, "experiment", None)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.define_metrics()  # again after `flush` resumed a W&B run
         if step is None:  # per-cycle `al/*` values, charted against al/num_labeled
             self.inner.log_metrics(dict(metrics))
             return
@@ -211,11 +234,7 @@ def make_logger(
     extra = {k: v for k, v in filled.items() if k in cfg.logger and cfg.logger[k] is None}
     logger = CycleStepLogger(instantiate(cfg.logger, **extra), offset, keep_below)
     logger.log_hyperparams(config)
-    define_metric = getattr(logger.experiment, "define_metric", None)
-    if callable(define_metric):
-        # W&B: chart `al/*` against `al/num_labeled` (Lightning's loggers otherwise use steps)
-        define_metric("al/num_labeled")
-        define_metric("al/*", step_metric="al/num_labeled")
+    logger.define_metrics()
     return logger
 
 

@@ -627,6 +627,9 @@ def query(
     diagnostics: dict[str, Any] = {"query_seconds": round(time.perf_counter() - started, 3)}
     if device.type == "cuda":
         diagnostics["query_peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    # what the strategy reports about its own query (radius, solver path, ...): extra columns
+    reported = {**strategy.query_diagnostics(), **outputs.diagnostics}
+    diagnostics.update({k: round(v, 6) if isinstance(v, float) else v for k, v in reported.items()})
     if "td_probs" in outputs.outputs and "pool_td" in outputs.outputs:
         agreement = td_agreement(outputs["td_probs"], outputs["pool_td"])
         diagnostics.update({k: round(v, 6) for k, v in agreement.items()})
@@ -646,12 +649,16 @@ def commit(run: Run, trained: Trained, row: dict[str, Any]) -> None:
         state.warm_start = {
             k: v.detach().cpu().clone() for k, v in trained.system.state_dict().items()
         }
+    # The logger's files are complete before the state says the cycle is done: a run killed
+    # after the save resumes past this cycle and would never log its curve again.
+    log_cycle(run.logger, row)
+    if run.logger is not None:
+        if row["queried_class_0"] != "":
+            histogram = [row[f"queried_class_{c}"] for c in range(run.datamodule.num_classes)]
+            run.logger.log_class_histogram("al/queried_class_histogram", histogram)
+        run.logger.flush()
     state.save(run.run_dir)
     run.write_records()
-    log_cycle(run.logger, row)
-    if run.logger is not None and row["queried_class_0"] != "":
-        histogram = [row[f"queried_class_{c}"] for c in range(run.datamodule.num_classes)]
-        run.logger.log_class_histogram("al/queried_class_histogram", histogram)
     log.info(
         "cycle %d (of 0-%d) | labeled %d | test acc %s | train %.1fs | query %s",
         cycle,

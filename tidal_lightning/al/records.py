@@ -165,7 +165,8 @@ class RunRecords:
         """Rewrites results.csv, queries.csv and run_summary.json.
 
         Args:
-            results: one row per completed cycle (keys = `result_columns`).
+            results: one row per completed cycle (keys: `result_columns`, then any a
+                strategy reported about its query, e.g. `probcover_delta`).
             label_rounds: `[B_r]` dataset indices labeled in round r (round 0 = initial set).
             targets: `[N]` labels of the training split (-1: not known yet).
             summary: the run_summary.json object.
@@ -180,7 +181,10 @@ class RunRecords:
             missing = set(self.result_columns) - set(row)
             if missing:
                 raise KeyError(f"result row lacks {sorted(missing)}")
-        body = [[r[c] for c in self.result_columns] for r in results]
+        # then the columns some strategies report about their queries, blank where absent
+        columns = list(self.result_columns)
+        columns += list(dict.fromkeys(k for r in results for k in r if k not in columns))
+        body = [[r.get(c, "") for c in columns] for r in results]
         queries = [
             # a label still awaited from a person (oracle=file) is blank
             [
@@ -194,7 +198,7 @@ class RunRecords:
         ]
         header = ["cycle", "index", *(["path"] if paths is not None else []), "label"]
         atomic_write_text(self.queries_path, csv_text(header, queries))
-        atomic_write_text(self.results_path, csv_text(self.result_columns, body))
+        atomic_write_text(self.results_path, csv_text(columns, body))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
 

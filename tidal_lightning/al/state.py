@@ -124,9 +124,11 @@ class RunState:
     def check_same_config(self, config: dict[str, Any], run_dir: Path) -> None:
         """Refuses to resume with a config that would compute something else."""
         before, now = _flatten(self.config), _flatten(config)
-        for key, default in ADDED_KEY_DEFAULTS.items():
-            if not any(k == key or k.startswith(key + ".") for k in before):
-                before.setdefault(key, default)
+        # A key added since the run started (or that this config does not set) means its default.
+        for flat in (before, now):
+            for key, default in ADDED_KEY_DEFAULTS.items():
+                if not any(k == key or k.startswith(key + ".") for k in flat):
+                    flat[key] = default
         missing_blocks = [b for b in ADDED_BLOCKS if not any(k.startswith(b + ".") for k in before)]
         changed = sorted(
             key
