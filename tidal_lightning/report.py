@@ -76,6 +76,8 @@ CSV_COLUMNS = [
     "full_data_acc_mean",
     "rel_to_full_data_pct",
 ]
+# Each TiDAL variant and the snapshot score its TD prediction replaces (the paper's claim).
+TD_PAIRS = (("tidal_entropy", "entropy"), ("tidal_margin", "margin"))
 # The full-data reference's strategy name (strategy=full_data): one training on the whole
 # pool, read against, not compared with.
 FULL_DATA = "full_data"
@@ -98,6 +100,11 @@ class Run:
     imbalance_ratio: float
     num_labeled: tuple[int, ...]
     test_acc: tuple[float, ...]
+    # the last cycle's per-class test accuracy and labeled counts, and the pool's class counts
+    # (empty where the files lack them): the long-tailed section reads the rarest classes
+    final_class_acc: tuple[float, ...] = ()
+    final_labeled_counts: tuple[int, ...] = ()
+    pool_class_counts: tuple[int, ...] = ()
 
     @property
     def group(self) -> tuple[str, float]:
@@ -137,13 +144,30 @@ class AulcSummary:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """AULC(strategy) − AULC(random) over seeds both finished; p is NaN below 2 pairs."""
+    """AULC(strategy) − AULC(baseline) over seeds both finished; p is NaN below 2 pairs."""
 
     strategy: str
     seeds: tuple[int, ...]
     mean_diff: float
     wins: int
     p_value: float
+    baseline: str = "random"
+
+
+@dataclass(frozen=True)
+class RareClasses:
+    """One strategy's last cycle on a long-tailed pool, mean (std) over seeds.
+
+    `rarest` is the class with the fewest pool samples, `minority` the ⌊K/2⌋ classes with the
+    fewest (as in `analysis td_separation`).
+    """
+
+    strategy: str
+    n_seeds: int
+    rarest_acc: tuple[float, float]
+    minority_acc: tuple[float, float]
+    minority_label_share: tuple[float, float]
+    labeled_imbalance: tuple[float, float]
 
 
 @dataclass
@@ -158,6 +182,10 @@ class GroupReport:
     relative_improvement: dict[tuple[str, int], float]
     paired: dict[str, PairedComparison]
     notes: list[str] = field(default_factory=list)
+    # TiDAL against the score it replaces, keyed by the TiDAL strategy (see `TD_PAIRS`)
+    td_paired: dict[str, PairedComparison] = field(default_factory=dict)
+    # long-tailed groups only: the rarest classes at the last cycle, per strategy
+    rare_classes: dict[str, RareClasses] = field(default_factory=dict)
     # the full-data reference: mean and std of its test accuracy, seeds (None without one)
     full_data: Cell | None = None
 
@@ -334,6 +362,8 @@ def read_run(run_dir: Path, sweep_dir: Path) -> Run | Problem:
         ratio = float(summary["imbalance_ratio"])
     except (TypeError, ValueError):
         return Problem(folder, overrides, "run_summary.json has a non-numeric seed/imbalance_ratio")
+    class_acc, labeled_counts = _final_class_columns(results_path)
+    pool_counts = summary.get("train_pool_class_counts") or []
     return Run(
         folder=folder,
         overrides=overrides,
@@ -343,7 +373,26 @@ def read_run(run_dir: Path, sweep_dir: Path) -> Run | Problem:
         imbalance_ratio=ratio,
         num_labeled=tuple(n for n, _ in points),
         test_acc=tuple(a for _, a in points),
+        final_class_acc=class_acc,
+        final_labeled_counts=labeled_counts,
+        pool_class_counts=tuple(int(c) for c in pool_counts),
     )
+
+
+def _final_class_columns(path: Path) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """The largest labeled size's `acc_class_<k>` and `labeled_class_<k>`; () where blank."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    last = max(rows, key=lambda r: int(r["num_labeled"]))
+    k = 0
+    while f"acc_class_{k}" in last:
+        k += 1
+    try:
+        acc = tuple(float(last[f"acc_class_{c}"]) for c in range(k))
+        counts = tuple(int(last[f"labeled_class_{c}"]) for c in range(k))
+    except (KeyError, TypeError, ValueError):
+        return (), ()
+    return acc, counts
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -467,26 +516,15 @@ def analyse_group(runs: list[Run], references: list[Run] | None = None) -> Group
             base = cells.get((BASELINE, n))
             if strategy != BASELINE and base is not None and base.mean != 0:
                 relative[(strategy, n)] = 100 * (cell.mean - base.mean) / base.mean
-        base_aulc = per_seed_aulc[BASELINE]
         for strategy in strategies:
-            if strategy == BASELINE:
-                continue
-            seeds = sorted(set(per_seed_aulc[strategy]) & set(base_aulc))
-            ours = np.array([per_seed_aulc[strategy][s] for s in seeds])
-            theirs = np.array([base_aulc[s] for s in seeds])
-            diff = ours - theirs
-            p_value = math.nan
-            # Equal differences have no spread to test against; checked here because float noise
-            # would otherwise make ttest_rel return a meaningless p instead of NaN.
-            if len(seeds) >= 2 and np.ptp(diff) > 1e-12:
-                p_value = float(stats.ttest_rel(ours, theirs).pvalue)
-            paired[strategy] = PairedComparison(
-                strategy,
-                tuple(seeds),
-                float(diff.mean()) if len(seeds) else math.nan,
-                int(np.sum(diff > 0)),
-                p_value,
-            )
+            if strategy != BASELINE:
+                paired[strategy] = paired_comparison(strategy, BASELINE, per_seed_aulc)
+    td_paired = {
+        tidal: paired_comparison(tidal, base, per_seed_aulc)
+        for tidal, base in TD_PAIRS
+        if tidal in per_seed_aulc and base in per_seed_aulc
+    }
+    rare = rare_classes(by_strategy) if ratio > 1 else {}
 
     return GroupReport(
         dataset=dataset,
@@ -498,7 +536,60 @@ def analyse_group(runs: list[Run], references: list[Run] | None = None) -> Group
         paired=paired,
         notes=_group_notes(runs, strategies),
         full_data=reference,
+        td_paired=td_paired,
+        rare_classes=rare,
     )
+
+
+def paired_comparison(
+    strategy: str, baseline: str, per_seed_aulc: dict[str, dict[int, float]]
+) -> PairedComparison:
+    """AULC(strategy) − AULC(baseline) over the seeds both have, with a paired t-test."""
+    seeds = sorted(set(per_seed_aulc[strategy]) & set(per_seed_aulc[baseline]))
+    ours = np.array([per_seed_aulc[strategy][s] for s in seeds])
+    theirs = np.array([per_seed_aulc[baseline][s] for s in seeds])
+    diff = ours - theirs
+    p_value = math.nan
+    # Equal differences have no spread to test against; checked here because float noise
+    # would otherwise make ttest_rel return a meaningless p instead of NaN.
+    if len(seeds) >= 2 and np.ptp(diff) > 1e-12:
+        p_value = float(stats.ttest_rel(ours, theirs).pvalue)
+    return PairedComparison(
+        strategy,
+        tuple(seeds),
+        float(diff.mean()) if len(seeds) else math.nan,
+        int(np.sum(diff > 0)),
+        p_value,
+        baseline,
+    )
+
+
+def rare_classes(by_strategy: dict[str, list[Run]]) -> dict[str, RareClasses]:
+    """Per strategy, the last cycle's accuracy on the rarest pool classes and their label share."""
+    out = {}
+    for strategy, runs in by_strategy.items():
+        values: dict[str, list[float]] = defaultdict(list)
+        for run in runs:
+            counts = run.pool_class_counts
+            k = len(counts)
+            if k < 2 or len(run.final_class_acc) != k or len(run.final_labeled_counts) != k:
+                continue
+            order = sorted(range(k), key=lambda c: (counts[c], c))  # fewest pool samples first
+            minority = order[: k // 2]
+            labeled = np.array(run.final_labeled_counts, dtype=float)
+            values["rarest"].append(run.final_class_acc[order[0]])
+            values["minority"].append(float(np.mean([run.final_class_acc[c] for c in minority])))
+            values["share"].append(float(labeled[minority].sum() / labeled.sum()))
+            values["imbalance"].append(
+                float(labeled.max() / labeled.min()) if labeled.min() > 0 else math.inf
+            )
+        if values:
+            out[strategy] = RareClasses(
+                strategy,
+                len(values["rarest"]),
+                *(mean_std(values[key]) for key in ("rarest", "minority", "share", "imbalance")),
+            )
+    return out
 
 
 def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[Problem]]:
@@ -593,6 +684,7 @@ def _group_markdown(group: GroupReport) -> list[str]:
         header += [f"acc @ {last}", "rel. to full data"]
     lines += _md_table(header, rows)
 
+    lines += _td_pairs_markdown(group) + _rare_classes_markdown(group)
     if BASELINE not in strategies:
         lines += [f"No `{BASELINE}` runs in this group: no comparison with random sampling.", ""]
         return lines
@@ -610,29 +702,78 @@ def _group_markdown(group: GroupReport) -> list[str]:
     lines += _md_table(["labeled", *(f"`{s}`" for s in others)], rows)
 
     lines += [f"### Paired comparison with `{BASELINE}` (AULC over matching seeds)", ""]
-    rows = []
-    for strategy in others:
-        p = group.paired[strategy]
-        pairs = len(p.seeds)
-        if pairs < 2:
-            p_text = f"undefined ({pairs} pair{'s' * (pairs != 1)})"
-        elif math.isnan(p.p_value):
-            p_text = "undefined (all differences equal)"
-        else:
-            p_text = f"{p.p_value:.4f}"
-        rows.append(
-            [
-                f"`{strategy}`",
-                str(pairs),
-                _fmt(p.mean_diff, "+.4f") or "–",
-                f"{p.wins}/{pairs}",
-                p_text,
-            ]
-        )
+    rows = [_paired_row(group.paired[s]) for s in others]
     lines += _md_table(
         ["strategy", "pairs", "mean AULC difference", "wins", "p (paired t-test)"], rows
     )
     return lines
+
+
+def _paired_row(p: PairedComparison, against: bool = False) -> list[str]:
+    pairs = len(p.seeds)
+    if pairs < 2:
+        p_text = f"undefined ({pairs} pair{'s' * (pairs != 1)})"
+    elif math.isnan(p.p_value):
+        p_text = "undefined (all differences equal)"
+    else:
+        p_text = f"{p.p_value:.4f}"
+    name = f"`{p.strategy}` − `{p.baseline}`" if against else f"`{p.strategy}`"
+    return [name, str(pairs), _fmt(p.mean_diff, "+.4f") or "–", f"{p.wins}/{pairs}", p_text]
+
+
+def _td_pairs_markdown(group: GroupReport) -> list[str]:
+    if not group.td_paired:
+        return []
+    lines = [
+        "### TiDAL against the score it replaces (AULC over matching seeds)",
+        "",
+        "The paper's claim: the TD module's prediction inside entropy (margin) beats the "
+        "snapshot softmax inside it.",
+        "",
+    ]
+    rows = [_paired_row(p, against=True) for p in group.td_paired.values()]
+    return lines + _md_table(
+        ["comparison", "pairs", "mean AULC difference", "wins", "p (paired t-test)"], rows
+    )
+
+
+def _rare_classes_markdown(group: GroupReport) -> list[str]:
+    if not group.rare_classes:
+        return []
+    lines = [
+        "### Rarest classes and what was labeled (last cycle, mean ± std over seeds)",
+        "",
+        "Rarest = the class with the fewest pool samples; minority = the ⌊K/2⌋ classes with "
+        "the fewest. Label share = the minority classes' part of the labeled set; labeled "
+        "imbalance = its largest / smallest class count.",
+        "",
+    ]
+
+    def cell(value: tuple[float, float], spec: str = ".4f") -> str:
+        mean, std = value
+        return f"{mean:{spec}}" + ("" if math.isnan(std) else f" ± {std:{spec}}")
+
+    rows = [
+        [
+            f"`{s}`",
+            str(r.n_seeds),
+            cell(r.rarest_acc),
+            cell(r.minority_acc),
+            cell(r.minority_label_share, ".3f"),
+            cell(r.labeled_imbalance, ".1f"),
+        ]
+        for s in group.strategies
+        if (r := group.rare_classes.get(s)) is not None
+    ]
+    header = [
+        "strategy",
+        "seeds",
+        "rarest class acc",
+        "minority acc",
+        "minority label share",
+        "labeled imbalance",
+    ]
+    return lines + _md_table(header, rows)
 
 
 def render_markdown(report: SweepReport, run_folders: int) -> str:

@@ -128,3 +128,31 @@ def test_inaturalist2018_missing_files_and_bad_annotations_are_named(tmp_path: P
     (tmp_path / "inat" / "val2018.json").write_text(json.dumps(document))
     with pytest.raises(AnnotationError, match=r"category ids \[99\]"):
         INaturalist2018(root=str(tmp_path / "inat"), cache_workers=0)._split_files(train=False)
+
+
+def _install_at(root: str, start: float) -> None:
+    """One sweep job's first use of the data folder, starting at wall-clock time `start`."""
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    FashionMNIST(
+        root=root, download=False, system_dir=str(DEBIAN_FMNIST)
+    )._install_from_system_dir()
+
+
+@pytest.mark.skipif(not DEBIAN_FMNIST.is_dir(), reason="needs `make data` (dataset-fashion-mnist)")
+def test_parallel_jobs_fill_an_empty_data_folder_at_once(tmp_path: Path) -> None:
+    """Four sweep jobs copy the Debian files into the same empty folder at the same moment."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = time.time() + 2.0
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        list(pool.map(_install_at, [str(tmp_path)] * 4, [start] * 4))  # raises if a job failed
+    raw = tmp_path / "FashionMNIST/raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FashionMNIST.files)  # no partial left
+    data = FashionMNIST(root=str(tmp_path), download=False)
+    data.load()
+    assert data.train_images.shape == (60000, 1, 28, 28)

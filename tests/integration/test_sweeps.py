@@ -204,8 +204,9 @@ def test_dispersion_sweeps_follow_the_paper_protocol(name: str, tmp_path: Path) 
         "vaal",
         "dispersion",
         "gt_oracle",
+        "full_data",  # Table 1's "All data", which the report reads the others against
     }
-    assert choices(jobs, "seed") == {"0", "1", "2"} and len(jobs) == 24
+    assert choices(jobs, "seed") == {"0", "1", "2"} and len(jobs) == 27
     num_train = SHIPPED[DISPERSION_SWEEPS[name]][2]
     for job in covering(jobs):
         cfg = compose_config([f"+sweep={name}", *job], tmp_path)
@@ -214,6 +215,8 @@ def test_dispersion_sweeps_follow_the_paper_protocol(name: str, tmp_path: Path) 
         assert cfg.trainer.max_epochs == 100
         assert cfg.model.optimizer.lr == 0.02
         assert list(cfg.model.scheduler.milestones) == [60, 80]
+        assert cfg.model.scheduler.gamma == 0.2  # "reduce the learning rate by a factor of 5"
+        assert cfg.al.initial_mode == "random" and not cfg.al.warm_start
         assert cfg.al.initial == 0.10 * num_train == 5000
         assert cfg.al.budget == 0.05 * num_train == 2500
         sizes = [cfg.al.initial + c * cfg.al.budget for c in range(cfg.al.cycles)]

@@ -26,15 +26,31 @@ def write_run(
     planned: int | None = None,
     dataset: str = "Fashion-MNIST",
     imbalance_ratio: float = 1,
+    class_acc: Sequence[float] | None = None,
+    labeled: Sequence[int] | None = None,
+    pool_counts: Sequence[int] | None = None,
 ) -> Path:
-    """A run folder as the AL loop leaves it: results.csv, run_summary.json, .hydra/."""
+    """A run folder as the AL loop leaves it: results.csv, run_summary.json, .hydra/.
+
+    `class_acc` and `labeled`: every row's `acc_class_<k>` and `labeled_class_<k>`.
+    """
     (job_dir / ".hydra").mkdir(parents=True)
     (job_dir / ".hydra" / "overrides.yaml").write_text(
         f"- strategy={strategy}\n- seed={seed}\n", encoding="utf-8"
     )
-    lines = ["cycle,num_labeled,test_acc,acc_class_0,train_seconds,query_seconds"]
+    class_acc = class_acc or [0.5]
+    k = range(len(class_acc))
+    lines = [
+        ",".join(
+            ["cycle", "num_labeled", "test_acc", *(f"acc_class_{c}" for c in k)]
+            + ["train_seconds", "query_seconds"]
+            + [f"labeled_class_{c}" for c in range(len(labeled or []))]
+        )
+    ]
     for cycle, (n, acc) in enumerate(zip(sizes, accs, strict=False)):
-        lines.append(f"{cycle},{n},{acc},0.5,1.0,{'' if cycle == len(accs) - 1 else 0.2}")
+        query = "" if cycle == len(accs) - 1 else 0.2
+        cells = [cycle, n, acc, *class_acc, 1.0, query, *(labeled or [])]
+        lines.append(",".join(str(c) for c in cells))
     (job_dir / "results.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {
         "status": status,
@@ -46,6 +62,8 @@ def write_run(
         "cycles_completed": len(accs),
         "config": {"seed": seed, "al": {"cycles": planned if planned is not None else len(sizes)}},
     }
+    if pool_counts is not None:
+        summary["train_pool_class_counts"] = list(pool_counts)
     (job_dir / "run_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return job_dir
 
@@ -264,3 +282,62 @@ def test_up_to_25_strategies_get_distinct_styles_and_the_legend_sits_outside(
     box, axes_box = legend.get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
     assert box.x0 >= axes_box.x1 - 3  # beside the axes (its frame may touch), covering no curve
     assert len(legend.get_texts()) == 25
+
+
+def test_tidal_is_paired_with_the_score_it_replaces(tmp_path: Path) -> None:
+    """TiDAL-M against margin and TiDAL-H against entropy, over the seeds both have."""
+    curves = {
+        "margin": (0.60, 0.62, 0.64),
+        "tidal_margin": (0.63, 0.61, 0.68),  # differences +0.03, -0.01, +0.04
+        "entropy": (0.50, 0.50),
+        "tidal_entropy": (0.52, 0.52, 0.9),  # seed 2 has no entropy partner: +0.02, +0.02
+    }
+    for strategy, values in curves.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path / f"{strategy}_{seed}", strategy, seed, constant(value))
+    group = build_report(tmp_path).groups[0]
+    margin = group.td_paired["tidal_margin"]
+    assert (margin.baseline, margin.seeds, margin.wins) == ("margin", (0, 1, 2), 2)
+    assert margin.mean_diff == pytest.approx(0.02)
+    # differences 0.03, -0.01, 0.04: sd = sqrt(((0.01)² + (0.03)² + (0.02)²) / 2) = sqrt(0.0007)
+    t = 0.02 / (math.sqrt(0.0007) / math.sqrt(3))
+    assert margin.p_value == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    entropy = group.td_paired["tidal_entropy"]
+    assert (entropy.seeds, entropy.wins, entropy.mean_diff) == ((0, 1), 2, pytest.approx(0.02))
+    assert math.isnan(entropy.p_value)  # equal differences
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| `tidal_margin` − `margin` | 3 | +0.0200 | 2/3 |" in text
+    assert "| `tidal_entropy` − `entropy` | 2 | +0.0200 | 2/2 | undefined" in text
+
+
+def test_long_tailed_groups_report_the_rarest_classes(tmp_path: Path) -> None:
+    """Rarest = fewest pool samples (class 3), minority = the two rarest (3 and 1)."""
+    pool = (100, 10, 50, 5)
+    runs = {
+        0: ((0.9, 0.2, 0.8, 0.1), (40, 20, 30, 10)),
+        1: ((0.9, 0.4, 0.8, 0.3), (40, 10, 40, 10)),
+    }
+    for seed, (acc, labeled) in runs.items():
+        write_run(
+            tmp_path / f"margin_{seed}",
+            "margin",
+            seed,
+            constant(0.5),
+            imbalance_ratio=20,
+            class_acc=acc,
+            labeled=labeled,
+            pool_counts=pool,
+        )
+    write_run(tmp_path / "balanced", "margin", 0, constant(0.5), class_acc=(0.5, 0.5))
+    groups = {g.imbalance_ratio: g for g in build_report(tmp_path).groups}
+    assert groups[1].rare_classes == {}  # balanced pools have no rarest classes
+    rare = groups[20].rare_classes["margin"]
+    assert rare.n_seeds == 2
+    assert rare.rarest_acc == pytest.approx((0.2, math.sqrt(0.02)))  # 0.1 and 0.3
+    assert rare.minority_acc[0] == pytest.approx((0.15 + 0.35) / 2)  # means of (3, 1)
+    assert rare.minority_label_share[0] == pytest.approx((30 / 100 + 20 / 100) / 2)
+    assert rare.labeled_imbalance[0] == pytest.approx((4 + 4) / 2)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "### Rarest classes and what was labeled" in text
+    row = "| `margin` | 2 | 0.2000 ± 0.1414 | 0.2500 ± 0.1414 | 0.250 ± 0.071 | 4.0 ± 0.0 |"
+    assert row in text

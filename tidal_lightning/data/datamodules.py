@@ -15,6 +15,7 @@ in `on_after_batch_transfer`, on the same device.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import socket
 from collections.abc import Callable, Sequence
@@ -327,10 +328,18 @@ class FashionMNIST(ImageClassificationData):
             return
         raw.mkdir(parents=True, exist_ok=True)
         for source, name in zip(sources, self.files, strict=True):
-            partial = raw / f"{name}.partial"
-            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            partial.rename(raw / name)  # atomic: a killed copy never looks complete
+            if (raw / name).exists():
+                continue
+            # One partial file per process: the jobs of a parallel sweep all fill an empty
+            # folder at once (a shared name let one job rename another's half-written copy).
+            partial = raw / f"{name}.partial.{os.getpid()}"
+            try:
+                with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                # atomic: a killed copy never looks complete; a racing job's equal copy is fine
+                os.replace(partial, raw / name)
+            finally:
+                partial.unlink(missing_ok=True)
 
     def _read(self, train: bool) -> tuple[Tensor, Tensor, list[str]]:
         self._install_from_system_dir()
