@@ -26,13 +26,13 @@ data: ## install real Fashion-MNIST offline (Debian package dataset-fashion-mnis
 	fi
 	@ls $(FMNIST_DEB_DIR)/*-ubyte.gz
 
-demo: install data ## TiDAL-M on real Fashion-MNIST, CPU-sized (about 3 minutes), prints the per-cycle table
+demo: install data ## TiDAL-M on real Fashion-MNIST, CPU-sized (about 3 minutes on 2 cores), prints the per-cycle table
 	$(PY) -m tidal_lightning +experiment=fashion_mnist_cpu
 
 test: install ## the full test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-fast: install ## unit tests only
+test-fast: install ## the tests not marked slow (skips the whole-run tests)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install ## speed benchmark side by side (TD overhead, Lightning vs raw, data path, scoring): bench.json, ~11 min on 2 cores

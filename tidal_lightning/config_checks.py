@@ -72,7 +72,7 @@ def validate_config(cfg: DictConfig, multirun: bool | None = None) -> None:
 
 
 def data_root_problems(cfg: DictConfig) -> list[str]:
-    """`dataset.root` must be a folder; only the default data folder is created when missing.
+    """`dataset.root` must be a folder, unless it is (inside) the default data folder.
 
     A mistyped root would otherwise be created and filled with a fresh copy (or download) of
     the dataset, and the run would look as if it had found its data.
@@ -81,7 +81,11 @@ def data_root_problems(cfg: DictConfig) -> list[str]:
     default = cfg.get("paths", {}).get("data_dir")
     if root is None or OmegaConf.is_missing(cfg.dataset, "root") or Path(str(root)).is_dir():
         return []
-    if default is not None and Path(str(root)).resolve() == Path(str(default)).resolve():
+    # The default data folder and the datasets' default folders inside it are the project's
+    # own: a missing one is the dataset's to report (with how to get its files).
+    if default is not None and Path(str(root)).resolve().is_relative_to(
+        Path(str(default)).resolve()
+    ):
         return []
     return [
         f"dataset.root={root}: no such folder. Point it at the folder that holds the dataset, "

@@ -248,8 +248,14 @@ def test_loggers_record_the_per_cycle_accuracy(
         accs = [r["al/test_acc"] for r in logged if r.get("al/test_acc")]
         assert len(accs) == 2
     else:
-        (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
-        logged = wandb_items_when_written(run_file, "al/test_acc", count=2)
+        # one W&B run id, finished at each commit and resumed: a session (file) per cycle, and
+        # one for the learning-curve table at the end
+        run_files = sorted((out / "wandb").glob("offline-run-*/*.wandb"))
+        assert len(run_files) == 3 and len({f.name for f in run_files}) == 1
+        logged: dict[str, list[float]] = {}
+        for run_file in run_files[:2]:  # the cycles' sessions
+            for key, values in wandb_items_when_written(run_file, "al/test_acc").items():
+                logged.setdefault(key, []).extend(values)
         results = read_csv(out / "results.csv")
         assert {round(v, 6) for v in logged["al/test_acc"]} == {
             float(r["test_acc"]) for r in results
@@ -262,7 +268,7 @@ def test_loggers_record_the_per_cycle_accuracy(
         steps = logged["trainer/global_step"]
         assert steps == sorted(steps) and max(steps) >= 20 + 30
         assert set(logged["train/cycle"]) == {0, 1}
-        blob = run_file.read_bytes()
+        blob = b"".join(f.read_bytes() for f in run_files)
         # group (the sweep), name and tags from the run, the resolved config attached
         assert b"adhoc" in blob and b"tidal_margin-synthetic-ir1-seed0" in blob
         assert b"seed=0" in blob and b"imbalance_ratio=1" in blob
