@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
 
 from tidal_lightning.al.labeling import hydra_value
 from tidal_lightning.al.state import RunState
@@ -54,3 +55,17 @@ def test_resume_ignores_which_checkpoints_are_kept_but_not_the_seed(tmp_path: Pa
     state.check_same_config(config(0, "last"), tmp_path)
     with pytest.raises(RunFolderError, match=r"seed: 0 -> 1"):
         state.check_same_config(config(1, "all"), tmp_path)
+
+
+def test_class_balanced_runs_get_their_own_strategy_name() -> None:
+    """The report groups by this name: balanced and plain runs of one strategy stay apart."""
+    from omegaconf import OmegaConf
+
+    from tidal_lightning.al.records import strategy_name
+
+    def config(balance: bool) -> DictConfig:
+        target = "tidal_lightning.strategies.margin.Margin"
+        return OmegaConf.create({"strategy": {"_target_": target, "class_balance": balance}})
+
+    assert strategy_name(config(False)) == "margin"
+    assert strategy_name(config(True)) == "margin+class_balance"

@@ -237,15 +237,18 @@ def initial_summary(
 
 
 def strategy_name(cfg: DictConfig) -> str:
-    """The `strategy=<name>` the config was composed with; the class's module name otherwise."""
+    """The `strategy=<name>` the config was composed with (the class's module name otherwise),
+    with `+class_balance` when that shared key is on: the report groups runs by this name, so
+    a sweep over `strategy.class_balance=false,true` must not read as duplicate seeds."""
+    name = str(cfg.strategy._target_).rsplit(".", 2)[-2]
     try:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized():
-            return str(HydraConfig.get().runtime.choices["strategy"])
+            name = str(HydraConfig.get().runtime.choices["strategy"])
     except (ImportError, KeyError, ValueError):
         pass
-    return str(cfg.strategy._target_).rsplit(".", 2)[-2]
+    return name + ("+class_balance" if cfg.strategy.get("class_balance") is True else "")
 
 
 def result_row(
